@@ -1,0 +1,269 @@
+"""ORM models: the tables Alembic owns, typed for SQLAlchemy 2.0.
+
+Money is stored as integer minor units next to its ISO 4217 currency, never as a float.
+The CHECK constraints repeat the payment rules that must hold even if a bug slipped past
+the service layer: positive amounts, refunds never above the capture, statuses from a
+fixed set, and a payment's status consistent with what has been refunded.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+PAYMENT_STATUSES = ("captured", "declined", "failed", "partially_refunded", "refunded")
+REFUND_STATUSES = ("succeeded", "failed")
+PAYMENT_METHODS = ("credit_card", "debit_card")
+MERCHANT_STATUSES = ("active", "disabled")
+IDEMPOTENCY_STATES = ("in_progress", "completed")
+AUDIT_OUTCOMES = ("success", "failure", "denied")
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Base(DeclarativeBase):
+    """Declarative base carrying the constraint naming convention Alembic relies on."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSONB}
+
+
+def _now() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class Merchant(Base):
+    """A business that takes payments through us."""
+
+    __tablename__ = "merchants"
+    __table_args__ = (
+        CheckConstraint(_in("status", MERCHANT_STATUSES), name="status_valid"),
+        CheckConstraint("cardinality(currencies) > 0", name="accepts_a_currency"),
+    )
+
+    merchant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, server_default="active")
+    currencies: Mapped[list[str]] = mapped_column(ARRAY(String(3)), nullable=False)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+class ApiKey(Base):
+    """A bearer key, stored only as a keyed digest, belonging to exactly one merchant."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        CheckConstraint("char_length(key_hash) = 64", name="key_hash_is_sha256_hex"),
+        Index("ix_api_keys_merchant_id", "merchant_id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    merchant_id: Mapped[str] = mapped_column(
+        ForeignKey("merchants.merchant_id", ondelete="RESTRICT"), nullable=False
+    )
+    key_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    key_prefix: Mapped[str] = mapped_column(String(12), nullable=False)
+    created_at: Mapped[datetime] = _now()
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Transaction(Base):
+    """One payment: its authorization outcome and how much of it has been refunded."""
+
+    __tablename__ = "transactions"
+    __table_args__ = (
+        CheckConstraint("amount_minor > 0", name="amount_positive"),
+        CheckConstraint(
+            "refunded_minor >= 0 AND refunded_minor <= amount_minor", name="refunded_within_amount"
+        ),
+        CheckConstraint(_in("status", PAYMENT_STATUSES), name="status_valid"),
+        CheckConstraint(_in("payment_method", PAYMENT_METHODS), name="payment_method_valid"),
+        CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency_iso4217"),
+        CheckConstraint(
+            "(status IN ('captured', 'declined', 'failed') AND refunded_minor = 0)"
+            " OR (status = 'partially_refunded'"
+            " AND refunded_minor > 0 AND refunded_minor < amount_minor)"
+            " OR (status = 'refunded' AND refunded_minor = amount_minor)",
+            name="status_matches_refunds",
+        ),
+        CheckConstraint("card_exp_month BETWEEN 1 AND 12", name="card_exp_month_valid"),
+        CheckConstraint("card_last4 ~ '^[0-9]{4}$'", name="card_last4_digits"),
+        Index("ix_transactions_merchant_id_created_at", "merchant_id", text("created_at DESC")),
+        Index("ix_transactions_status", "status"),
+        Index("ix_transactions_created_at", "created_at"),
+        Index("ix_transactions_card_fingerprint", "card_fingerprint"),
+    )
+
+    transaction_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    merchant_id: Mapped[str] = mapped_column(
+        ForeignKey("merchants.merchant_id", ondelete="RESTRICT"), nullable=False
+    )
+    amount_minor: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    refunded_minor: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    currency: Mapped[str] = mapped_column(String(3), nullable=False)
+    status: Mapped[str] = mapped_column(String(24), nullable=False)
+    payment_method: Mapped[str] = mapped_column(String(16), nullable=False)
+    card_brand: Mapped[str] = mapped_column(String(16), nullable=False)
+    card_last4: Mapped[str] = mapped_column(String(4), nullable=False)
+    card_exp_month: Mapped[int] = mapped_column(SmallInteger, nullable=False)
+    card_exp_year: Mapped[int] = mapped_column(SmallInteger, nullable=False)
+    card_fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
+    card_ciphertext: Mapped[str] = mapped_column(Text, nullable=False)
+    authorization_code: Mapped[str | None] = mapped_column(String(64))
+    decline_code: Mapped[str | None] = mapped_column(String(64))
+    decline_message: Mapped[str | None] = mapped_column(String(255))
+    failure_code: Mapped[str | None] = mapped_column(String(64))
+    description: Mapped[str | None] = mapped_column(String(500))
+    metadata_: Mapped[dict[str, Any]] = mapped_column(
+        "metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    correlation_id: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+    refunds: Mapped[list[Refund]] = relationship(
+        back_populates="transaction", order_by="Refund.created_at", lazy="raise"
+    )
+
+
+class Refund(Base):
+    """Money returned against a captured payment."""
+
+    __tablename__ = "refunds"
+    __table_args__ = (
+        CheckConstraint("amount_minor > 0", name="amount_positive"),
+        CheckConstraint(_in("status", REFUND_STATUSES), name="status_valid"),
+        CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency_iso4217"),
+        Index("ix_refunds_transaction_id_created_at", "transaction_id", "created_at"),
+    )
+
+    refund_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    transaction_id: Mapped[str] = mapped_column(
+        ForeignKey("transactions.transaction_id", ondelete="RESTRICT"), nullable=False
+    )
+    amount_minor: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    currency: Mapped[str] = mapped_column(String(3), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    reason: Mapped[str | None] = mapped_column(String(500))
+    metadata_: Mapped[dict[str, Any]] = mapped_column(
+        "metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    bank_reference: Mapped[str | None] = mapped_column(String(64))
+    failure_code: Mapped[str | None] = mapped_column(String(64))
+    correlation_id: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = _now()
+
+    transaction: Mapped[Transaction] = relationship(back_populates="refunds", lazy="raise")
+
+
+class IdempotencyKey(Base):
+    """A client's Idempotency-Key: claimed while its request runs, then the stored answer."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (
+        UniqueConstraint("merchant_id", "idempotency_key"),
+        CheckConstraint(_in("state", IDEMPOTENCY_STATES), name="state_valid"),
+        CheckConstraint(
+            "state = 'in_progress' OR (response_status IS NOT NULL AND response_body IS NOT NULL)",
+            name="completed_has_response",
+        ),
+        Index("ix_idempotency_keys_expires_at", "expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    merchant_id: Mapped[str] = mapped_column(
+        ForeignKey("merchants.merchant_id", ondelete="CASCADE"), nullable=False
+    )
+    idempotency_key: Mapped[str] = mapped_column(String(255), nullable=False)
+    request_fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
+    # The transaction or refund id this request creates: reused if a crashed attempt is
+    # taken over, so the bank (which dedupes on it) never charges twice.
+    resource_id: Mapped[str] = mapped_column(String(40), nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    response_body: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    locked_until: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    created_at: Mapped[datetime] = _now()
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class OutboxEvent(Base):
+    """An event written with the state change it describes, published to Kafka afterwards."""
+
+    __tablename__ = "outbox_events"
+    __table_args__ = (
+        Index(
+            "ix_outbox_events_pending",
+            "id",
+            postgresql_where=text("published_at IS NULL"),
+        ),
+        Index("ix_outbox_events_aggregate_id", "aggregate_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    event_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False, unique=True)
+    event_type: Mapped[str] = mapped_column(String(64), nullable=False)
+    aggregate_id: Mapped[str] = mapped_column(String(40), nullable=False)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    headers: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    created_at: Mapped[datetime] = _now()
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class AuditLogEntry(Base):
+    """One append-only audit row: who did what to which resource, and how it ended."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        CheckConstraint(_in("outcome", AUDIT_OUTCOMES), name="outcome_valid"),
+        Index("ix_audit_log_resource", "resource_type", "resource_id"),
+        Index("ix_audit_log_occurred_at", "occurred_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    occurred_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    actor: Mapped[str] = mapped_column(String(128), nullable=False)
+    action: Mapped[str] = mapped_column(String(64), nullable=False)
+    resource_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    resource_id: Mapped[str | None] = mapped_column(String(128))
+    outcome: Mapped[str] = mapped_column(String(16), nullable=False)
+    correlation_id: Mapped[str | None] = mapped_column(String(128))
+    details: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )

@@ -1,0 +1,310 @@
+"""Repositories: one per aggregate, each bound to the unit of work's session.
+
+They speak in ORM rows and never commit; the unit of work owns the transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import case, delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from app.adapters.db.models import (
+    ApiKey,
+    AuditLogEntry,
+    IdempotencyKey,
+    Merchant,
+    OutboxEvent,
+    Refund,
+    Transaction,
+)
+from app.adapters.db.notifications import CACHE_CHANNEL
+
+
+class MerchantRepository:
+    """Merchants and their accepted currencies."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    def add(self, merchant: Merchant) -> None:
+        """Stage a new merchant."""
+        self._session.add(merchant)
+
+    async def get(self, merchant_id: str) -> Merchant | None:
+        """The merchant, or None."""
+        return await self._session.get(Merchant, merchant_id)
+
+    async def announce_change(self, merchant_id: str) -> None:
+        """NOTIFY every worker, on commit, that this merchant or one of its keys changed."""
+        await self._session.execute(select(func.pg_notify(CACHE_CHANNEL, merchant_id)))
+
+
+class ApiKeyRepository:
+    """Bearer keys, looked up by their digest only."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    def add(self, api_key: ApiKey) -> None:
+        """Stage a new key digest."""
+        self._session.add(api_key)
+
+    async def get_active_by_hash(self, key_hash: str) -> tuple[ApiKey, Merchant] | None:
+        """The unrevoked key with this digest and its merchant, in one round trip."""
+        row = (
+            await self._session.execute(
+                select(ApiKey, Merchant)
+                .join(Merchant, Merchant.merchant_id == ApiKey.merchant_id)
+                .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
+            )
+        ).first()
+        return None if row is None else (row[0], row[1])
+
+    async def get_by_hash(self, key_hash: str) -> ApiKey | None:
+        """The key with this digest, revoked or not."""
+        return (
+            await self._session.execute(select(ApiKey).where(ApiKey.key_hash == key_hash))
+        ).scalar_one_or_none()
+
+
+class PaymentRepository:
+    """Transactions, always scoped to the merchant that owns them."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    def add(self, transaction: Transaction) -> None:
+        """Stage a new payment."""
+        self._session.add(transaction)
+
+    async def get(
+        self, transaction_id: str, *, merchant_id: str, with_refunds: bool = False
+    ) -> Transaction | None:
+        """The merchant's payment, or None (another merchant's payment is None too)."""
+        stmt = select(Transaction).where(
+            Transaction.transaction_id == transaction_id,
+            Transaction.merchant_id == merchant_id,
+        )
+        if with_refunds:
+            stmt = stmt.options(selectinload(Transaction.refunds))
+        return (await self._session.execute(stmt)).scalar_one_or_none()
+
+    async def get_for_update(self, transaction_id: str, *, merchant_id: str) -> Transaction | None:
+        """The merchant's payment, row-locked to the end of the transaction (refunds queue here)."""
+        stmt = (
+            select(Transaction)
+            .where(
+                Transaction.transaction_id == transaction_id,
+                Transaction.merchant_id == merchant_id,
+            )
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        return (await self._session.execute(stmt)).scalar_one_or_none()
+
+
+class RefundRepository:
+    """Refunds against payments."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    def add(self, refund: Refund) -> None:
+        """Stage a new refund."""
+        self._session.add(refund)
+
+    async def list_for(self, transaction_id: str) -> list[Refund]:
+        """A payment's refunds, oldest first."""
+        stmt = (
+            select(Refund)
+            .where(Refund.transaction_id == transaction_id)
+            .order_by(Refund.created_at, Refund.refund_id)
+        )
+        return list((await self._session.execute(stmt)).scalars())
+
+
+class IdempotencyRepository:
+    """Idempotency keys: an atomic claim, then the stored response."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def claim(
+        self,
+        *,
+        merchant_id: str,
+        key: str,
+        request_fingerprint: str,
+        resource_id: str,
+        now: datetime,
+        lock_for: timedelta,
+        keep_for: timedelta,
+    ) -> IdempotencyKey | None:
+        """Insert an in-progress claim; None when the key already exists for the merchant.
+
+        A claim left behind by a crashed request (in progress past ``locked_until``) or an
+        expired record is taken over in the same statement.
+        """
+        stmt = (
+            insert(IdempotencyKey)
+            .values(
+                merchant_id=merchant_id,
+                idempotency_key=key,
+                request_fingerprint=request_fingerprint,
+                resource_id=resource_id,
+                state="in_progress",
+                locked_until=now + lock_for,
+                expires_at=now + keep_for,
+                created_at=now,
+            )
+            .on_conflict_do_update(
+                index_elements=[IdempotencyKey.merchant_id, IdempotencyKey.idempotency_key],
+                set_={
+                    "request_fingerprint": request_fingerprint,
+                    # A stale in-progress claim keeps its resource id (crash recovery);
+                    # an expired record starts afresh.
+                    "resource_id": case(
+                        (IdempotencyKey.expires_at < now, resource_id),
+                        else_=IdempotencyKey.resource_id,
+                    ),
+                    "state": "in_progress",
+                    "response_status": None,
+                    "response_body": None,
+                    "locked_until": now + lock_for,
+                    "expires_at": now + keep_for,
+                    "created_at": now,
+                },
+                where=(
+                    (IdempotencyKey.expires_at < now)
+                    | (
+                        (IdempotencyKey.state == "in_progress")
+                        & (IdempotencyKey.locked_until < now)
+                        & (IdempotencyKey.request_fingerprint == request_fingerprint)
+                    )
+                ),
+            )
+            .returning(IdempotencyKey)
+        )
+        return (await self._session.execute(stmt)).scalar_one_or_none()
+
+    async def get(self, *, merchant_id: str, key: str) -> IdempotencyKey | None:
+        """The stored record for this merchant's key."""
+        stmt = select(IdempotencyKey).where(
+            IdempotencyKey.merchant_id == merchant_id, IdempotencyKey.idempotency_key == key
+        )
+        return (await self._session.execute(stmt)).scalar_one_or_none()
+
+    async def complete(
+        self, *, merchant_id: str, key: str, status: int, body: dict[str, Any]
+    ) -> None:
+        """Record the response that later retries replay."""
+        await self._session.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.merchant_id == merchant_id, IdempotencyKey.idempotency_key == key)
+            .values(state="completed", response_status=status, response_body=body)
+        )
+
+    async def release(self, *, merchant_id: str, key: str) -> None:
+        """Forget an in-progress claim whose request is not to be remembered."""
+        await self._session.execute(
+            delete(IdempotencyKey).where(
+                IdempotencyKey.merchant_id == merchant_id,
+                IdempotencyKey.idempotency_key == key,
+                IdempotencyKey.state == "in_progress",
+            )
+        )
+
+    async def purge_expired(self, *, now: datetime) -> int:
+        """Delete records past their retention; returns how many."""
+        result = await self._session.execute(
+            delete(IdempotencyKey).where(IdempotencyKey.expires_at < now)
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxBacklog:
+    """How far the relay is behind."""
+
+    pending: int
+    oldest_pending_age_s: float
+
+
+class OutboxRepository:
+    """Events waiting to be published, written in the same transaction as their change."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    def add(self, event: OutboxEvent) -> None:
+        """Stage an event with the change it describes."""
+        self._session.add(event)
+
+    async def claim_pending(self, *, limit: int) -> list[OutboxEvent]:
+        """Lock up to ``limit`` pending events, oldest first, skipping ones another relay holds."""
+        stmt = (
+            select(OutboxEvent)
+            .where(OutboxEvent.published_at.is_(None))
+            .order_by(OutboxEvent.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return list((await self._session.execute(stmt)).scalars())
+
+    async def pending_for(self, event_ids: list[uuid.UUID]) -> list[OutboxEvent]:
+        """These events if still unpublished, locked, skipping ones a relay is publishing."""
+        stmt = (
+            select(OutboxEvent)
+            .where(OutboxEvent.event_id.in_(event_ids), OutboxEvent.published_at.is_(None))
+            .order_by(OutboxEvent.id)
+            .with_for_update(skip_locked=True)
+        )
+        return list((await self._session.execute(stmt)).scalars())
+
+    async def mark_published(self, ids: list[int], *, at: datetime) -> None:
+        """Record successful publication."""
+        if ids:
+            await self._session.execute(
+                update(OutboxEvent).where(OutboxEvent.id.in_(ids)).values(published_at=at)
+            )
+
+    async def record_failure(self, ids: list[int], *, error: str) -> None:
+        """Count a failed publication attempt."""
+        if ids:
+            await self._session.execute(
+                update(OutboxEvent)
+                .where(OutboxEvent.id.in_(ids))
+                .values(attempts=OutboxEvent.attempts + 1, last_error=error[:1000])
+            )
+
+    async def backlog(self) -> OutboxBacklog:
+        """Pending count and the age of the oldest pending event."""
+        row = (
+            await self._session.execute(
+                select(
+                    func.count(OutboxEvent.id),
+                    func.coalesce(
+                        func.extract("epoch", func.now() - func.min(OutboxEvent.created_at)), 0
+                    ),
+                ).where(OutboxEvent.published_at.is_(None))
+            )
+        ).one()
+        return OutboxBacklog(pending=int(row[0]), oldest_pending_age_s=float(row[1]))
+
+
+class AuditLogRepository:
+    """The append-only audit trail; there is deliberately no update or delete here."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    def append(self, entry: AuditLogEntry) -> None:
+        """Stage an audit row in the current transaction."""
+        self._session.add(entry)

@@ -1,0 +1,1 @@
+"""Getting committed outbox events onto Kafka."""

@@ -1,0 +1,141 @@
+"""Service configuration: read once from the environment (and `.env` in development).
+
+Three profiles share one schema: ``development`` (embedded defaults that run on a laptop
+with no external services), ``test`` (what the suite sets) and ``production`` (refuses to
+start with any development secret or missing endpoint).
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from functools import lru_cache
+from typing import Annotated, Self
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.adapters.vault import (
+    DEVELOPMENT_FINGERPRINT_KEY,
+    DEVELOPMENT_KEY_ID,
+    DEVELOPMENT_KEYS_SPEC,
+    is_development_material,
+)
+
+
+class Environment(StrEnum):
+    """Deployment profile."""
+
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+DEFAULT_DATABASE_URL = "postgresql+asyncpg://payments@127.0.0.1:5432/payments"
+
+
+class Settings(BaseSettings):
+    """Every knob the service reads; nothing else is configurable."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        populate_by_name=True,
+    )
+
+    environment: Environment = Field(default=Environment.DEVELOPMENT, alias="APP_ENV")
+    service_name: str = Field(default="payment-service", alias="DD_SERVICE")
+    version: str = Field(default="0.1.0", alias="DD_VERSION")
+    log_level: str = "INFO"
+
+    # PostgreSQL (asyncpg for the app; Alembic derives a psycopg2 URL from the same value).
+    database_url: str = DEFAULT_DATABASE_URL
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_max_overflow: int = Field(default=10, ge=0, le=200)
+    db_pool_timeout_s: float = Field(default=5.0, gt=0)
+    db_pool_recycle_s: int = Field(default=1800, ge=30)
+    db_command_timeout_s: float = Field(default=10.0, gt=0)
+    db_statement_cache_size: int = Field(default=500, ge=0)
+
+    # Bank: the in-process simulator when no URL is set.
+    bank_api_url: str | None = None
+    bank_timeout_s: float = Field(default=3.0, gt=0)
+    bank_connect_timeout_s: float = Field(default=1.0, gt=0)
+    bank_max_retries: int = Field(default=2, ge=0, le=10)
+    bank_backoff_max_s: float = Field(default=2.0, gt=0)
+    bank_breaker_fail_max: int = Field(default=5, ge=1)
+    bank_breaker_reset_s: float = Field(default=30.0, gt=0)
+    bank_max_connections: int = Field(default=100, ge=1)
+
+    # Kafka: events wait in the outbox when no brokers are set.
+    kafka_bootstrap_servers: str | None = None
+    kafka_topic: str = "payments.events"
+    kafka_client_id: str = "payment-service"
+    kafka_publish_timeout_s: float = Field(default=5.0, gt=0)
+    outbox_relay_interval_s: float = Field(default=1.0, gt=0)
+    outbox_batch_size: int = Field(default=100, ge=1, le=10_000)
+
+    # Card vault: AES-256-GCM keys "kid:base64,kid:base64", the one used for new rows,
+    # and the HMAC key for card fingerprints. Development material is refused in production.
+    card_encryption_keys: SecretStr = SecretStr(DEVELOPMENT_KEYS_SPEC)
+    card_encryption_current_key_id: str = DEVELOPMENT_KEY_ID
+    card_fingerprint_key: SecretStr = SecretStr(DEVELOPMENT_FINGERPRINT_KEY)
+
+    # API keys are stored as HMAC-SHA256 digests under this pepper.
+    api_key_pepper: SecretStr = SecretStr("development-pepper-not-for-production")
+
+    # HTTP behaviour.
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    idempotency_ttl_s: int = Field(default=24 * 3600, ge=24 * 3600)
+    idempotency_lock_timeout_s: int = Field(default=60, ge=1)
+    cache_ttl_s: float = Field(default=30.0, ge=0)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # Observability.
+    tracing_enabled: bool = Field(default=False, alias="DD_TRACE_ENABLED")
+    dogstatsd_host: str | None = Field(default=None, alias="DD_AGENT_HOST")
+    dogstatsd_port: int = Field(default=8125, alias="DD_DOGSTATSD_PORT")
+    metrics_enabled: bool = False
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_development_secrets_in_production(self) -> Self:
+        if self.environment is not Environment.PRODUCTION:
+            return self
+        problems: list[str] = []
+        if is_development_material(
+            self.card_encryption_keys.get_secret_value(),
+            self.card_fingerprint_key.get_secret_value(),
+        ):
+            problems.append("CARD_ENCRYPTION_KEYS / CARD_FINGERPRINT_KEY are development keys")
+        if "development" in self.api_key_pepper.get_secret_value():
+            problems.append("API_KEY_PEPPER is the development pepper")
+        if self.database_url == DEFAULT_DATABASE_URL:
+            problems.append("DATABASE_URL is not set")
+        if problems:
+            raise ValueError("refusing to start in production: " + "; ".join(problems))
+        return self
+
+    @property
+    def sync_database_url(self) -> str:
+        """The same database for psycopg2 (Alembic runs migrations synchronously)."""
+        return self.database_url.replace("+asyncpg", "+psycopg2", 1)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once.
+
+    Secrets may also come from files: with ``SECRETS_DIR`` set, a file named like a
+    variable (e.g. ``card_encryption_keys``) in that folder provides its value.
+    """
+    secrets_dir = os.environ.get("SECRETS_DIR")
+    return Settings(_secrets_dir=secrets_dir) if secrets_dir else Settings()

@@ -1,0 +1,306 @@
+"""The schema Alembic owns, the unit of work and the repositories, on real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+import simplejson
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.adapters.db.models import AuditLogEntry, Base, Merchant, Transaction
+from app.adapters.db.unit_of_work import UnitOfWork
+from tests.conftest import alembic_config
+from tests.factories import ApiKeyFactory, MerchantFactory, RefundFactory, TransactionFactory
+
+UowFactory = Callable[[], UnitOfWork]
+
+
+async def _seed_merchant(uow_factory: UowFactory, merchant_id: str = "merchant_00000") -> None:
+    async with uow_factory() as uow:
+        uow.merchants.add(MerchantFactory(merchant_id=merchant_id))
+        await uow.commit()
+
+
+def test_migrations_round_trip_and_match_the_models(migrated_database: str) -> None:
+    cfg = alembic_config(migrated_database)
+    command.downgrade(cfg, "base")
+    engine = create_engine(migrated_database)
+    try:
+        with engine.connect() as conn:
+            tables = conn.execute(
+                text("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+            ).scalar_one()
+        assert tables == 1  # only alembic_version is left
+        command.upgrade(cfg, "head")
+        with engine.connect() as conn:
+            diff = compare_metadata(
+                MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
+            )
+        assert diff == []
+    finally:
+        engine.dispose()
+
+
+async def test_unit_of_work_commits_explicitly(uow_factory: UowFactory) -> None:
+    await _seed_merchant(uow_factory, "merchant_commit")
+    async with uow_factory() as uow:
+        assert await uow.merchants.get("merchant_commit") is not None
+
+
+async def test_unit_of_work_rolls_back_without_commit(uow_factory: UowFactory) -> None:
+    async with uow_factory() as uow:
+        uow.merchants.add(MerchantFactory(merchant_id="merchant_forgotten"))
+        await uow.flush()
+    async with uow_factory() as uow:
+        assert await uow.merchants.get("merchant_forgotten") is None
+
+
+async def test_unit_of_work_rolls_back_on_exception(uow_factory: UowFactory) -> None:
+    with pytest.raises(RuntimeError, match="boom"):
+        async with uow_factory() as uow:
+            uow.merchants.add(MerchantFactory(merchant_id="merchant_boom"))
+            await uow.flush()
+            raise RuntimeError("boom")
+    async with uow_factory() as uow:
+        assert await uow.merchants.get("merchant_boom") is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "constraint"),
+    [
+        ({"amount_minor": 0}, "amount_positive"),
+        ({"amount_minor": -5}, "amount_positive"),
+        ({"refunded_minor": 20_000}, "refunded_within_amount"),
+        ({"status": "pending"}, "status_(valid|matches_refunds)"),
+        ({"status": "refunded", "refunded_minor": 5_000}, "status_matches_refunds"),
+        ({"status": "captured", "refunded_minor": 5_000}, "status_matches_refunds"),
+        ({"currency": "usd"}, "currency_iso4217"),
+        ({"payment_method": "cash"}, "payment_method_valid"),
+        ({"card_exp_month": 13}, "card_exp_month_valid"),
+    ],
+)
+async def test_transaction_constraints_make_bad_states_impossible(
+    uow_factory: UowFactory, overrides: dict[str, object], constraint: str
+) -> None:
+    await _seed_merchant(uow_factory)
+    with pytest.raises(IntegrityError, match=constraint):
+        async with uow_factory() as uow:
+            uow.payments.add(TransactionFactory(**overrides))
+            await uow.flush()
+
+
+async def test_transaction_ids_are_unique(uow_factory: UowFactory) -> None:
+    await _seed_merchant(uow_factory)
+    async with uow_factory() as uow:
+        uow.payments.add(TransactionFactory(transaction_id="txn_dup"))
+        await uow.commit()
+    with pytest.raises(IntegrityError, match="pk_transactions"):
+        async with uow_factory() as uow:
+            uow.payments.add(TransactionFactory(transaction_id="txn_dup"))
+            await uow.flush()
+
+
+async def test_refund_needs_an_existing_payment_and_a_positive_amount(
+    uow_factory: UowFactory,
+) -> None:
+    await _seed_merchant(uow_factory)
+    with pytest.raises(IntegrityError, match="fk_refunds_transaction_id_transactions"):
+        async with uow_factory() as uow:
+            uow.refunds.add(RefundFactory(transaction_id="txn_nowhere"))
+            await uow.flush()
+    async with uow_factory() as uow:
+        uow.payments.add(TransactionFactory(transaction_id="txn_has_refund"))
+        await uow.commit()
+    with pytest.raises(IntegrityError, match="amount_positive"):
+        async with uow_factory() as uow:
+            uow.refunds.add(RefundFactory(transaction_id="txn_has_refund", amount_minor=0))
+            await uow.flush()
+
+
+async def test_idempotency_key_is_unique_per_merchant(uow_factory: UowFactory) -> None:
+    await _seed_merchant(uow_factory, "merchant_a")
+    await _seed_merchant(uow_factory, "merchant_b")
+    now = datetime.now(UTC)
+    args = {
+        "key": "same-key",
+        "request_fingerprint": "f" * 64,
+        "now": now,
+        "lock_for": timedelta(seconds=60),
+        "keep_for": timedelta(hours=24),
+    }
+    async with uow_factory() as uow:
+        first = await uow.idempotency.claim(merchant_id="merchant_a", resource_id="txn_1", **args)
+        again = await uow.idempotency.claim(merchant_id="merchant_a", resource_id="txn_2", **args)
+        other = await uow.idempotency.claim(merchant_id="merchant_b", resource_id="txn_3", **args)
+        await uow.commit()
+    assert first is not None and first.resource_id == "txn_1"
+    assert again is None
+    assert other is not None and other.resource_id == "txn_3"
+
+
+async def test_stale_in_progress_claim_is_taken_over_with_its_resource_id(
+    uow_factory: UowFactory,
+) -> None:
+    await _seed_merchant(uow_factory)
+    past = datetime.now(UTC) - timedelta(minutes=5)
+    common = {
+        "merchant_id": "merchant_00000",
+        "key": "crashed",
+        "request_fingerprint": "a" * 64,
+        "lock_for": timedelta(seconds=60),
+        "keep_for": timedelta(hours=24),
+    }
+    async with uow_factory() as uow:
+        assert await uow.idempotency.claim(resource_id="txn_first", now=past, **common)
+        await uow.commit()
+    async with uow_factory() as uow:
+        taken = await uow.idempotency.claim(
+            resource_id="txn_second", now=datetime.now(UTC), **common
+        )
+        await uow.commit()
+    assert taken is not None
+    assert taken.resource_id == "txn_first"  # the bank dedupes on it: no second charge
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"order_id": "1234", "items": [1, 2, [3, {"deep": True}]]},
+        {"unicode": "Zoë — 東京 — 💳", "empty": {}, "null": None},
+        {"big": 123456789012345678901234567890, "negative": -(2**70)},
+        {"price": Decimal("19.990"), "rate": Decimal("0.000000000000000000001")},
+    ],
+)
+async def test_jsonb_round_trips_exactly(
+    uow_factory: UowFactory, metadata: dict[str, object]
+) -> None:
+    await _seed_merchant(uow_factory)
+    txn = TransactionFactory(metadata_=metadata)
+    async with uow_factory() as uow:
+        uow.payments.add(txn)
+        await uow.commit()
+    async with uow_factory() as uow:
+        stored = await uow.payments.get(txn.transaction_id, merchant_id="merchant_00000")
+        assert stored is not None
+        assert stored.metadata_ == metadata
+        # Same values with the same digits and types; JSONB orders keys its own way.
+        assert simplejson.dumps(stored.metadata_, sort_keys=True, use_decimal=True) == (
+            simplejson.dumps(metadata, sort_keys=True, use_decimal=True)
+        )
+
+
+async def test_payment_lookup_is_scoped_to_its_merchant(uow_factory: UowFactory) -> None:
+    await _seed_merchant(uow_factory, "merchant_00000")
+    await _seed_merchant(uow_factory, "merchant_other")
+    txn = TransactionFactory()
+    async with uow_factory() as uow:
+        uow.payments.add(txn)
+        uow.api_keys.add(ApiKeyFactory())
+        await uow.commit()
+    async with uow_factory() as uow:
+        assert await uow.payments.get(txn.transaction_id, merchant_id="merchant_other") is None
+        assert await uow.payments.get(txn.transaction_id, merchant_id="merchant_00000")
+
+
+async def test_for_update_lock_blocks_a_second_transaction(uow_factory: UowFactory) -> None:
+    await _seed_merchant(uow_factory)
+    txn = TransactionFactory()
+    async with uow_factory() as uow:
+        uow.payments.add(txn)
+        await uow.commit()
+
+    first_locked = asyncio.Event()
+    release_first = asyncio.Event()
+    order: list[str] = []
+
+    async def first() -> None:
+        async with uow_factory() as uow:
+            await uow.payments.get_for_update(txn.transaction_id, merchant_id="merchant_00000")
+            first_locked.set()
+            await release_first.wait()
+            order.append("first-commit")
+            await uow.commit()
+
+    async def second() -> None:
+        await first_locked.wait()
+        async with uow_factory() as uow:
+            await uow.payments.get_for_update(txn.transaction_id, merchant_id="merchant_00000")
+            order.append("second-locked")
+
+    first_task = asyncio.create_task(first())
+    second_task = asyncio.create_task(second())
+    await first_locked.wait()
+    await asyncio.sleep(0.3)
+    assert order == []  # the second transaction is still waiting for the row
+    release_first.set()
+    await asyncio.gather(first_task, second_task)
+    assert order == ["first-commit", "second-locked"]
+
+
+async def test_audit_log_is_append_only_in_the_database(
+    uow_factory: UowFactory, engine: AsyncEngine
+) -> None:
+    async with uow_factory() as uow:
+        uow.audit.append(
+            AuditLogEntry(
+                actor="admin-cli",
+                action="merchant.create",
+                resource_type="merchant",
+                resource_id="m",
+                outcome="success",
+                details={"k": "v"},
+            )
+        )
+        await uow.commit()
+    for statement in ("UPDATE audit_log SET outcome = 'failure'", "DELETE FROM audit_log"):
+        with pytest.raises(DBAPIError, match="append-only"):
+            async with engine.begin() as conn:
+                await conn.execute(text(statement))
+    async with uow_factory() as uow:
+        rows = (await uow.session.execute(select(AuditLogEntry))).scalars().all()
+        assert [r.outcome for r in rows] == ["success"]
+
+
+async def test_outbox_claims_skip_rows_locked_by_another_relay(uow_factory: UowFactory) -> None:
+    from app.services.events import payment_outcome_event
+    from app.domain.events import EventType
+
+    await _seed_merchant(uow_factory)
+    now = datetime.now(UTC)
+    async with uow_factory() as uow:
+        for _ in range(4):
+            txn = TransactionFactory()
+            uow.payments.add(txn)
+            uow.outbox.add(
+                payment_outcome_event(txn, event_type=EventType.PAYMENT_CAPTURED, occurred_at=now)
+            )
+        await uow.commit()
+    async with uow_factory() as first, uow_factory() as second:
+        mine = await first.outbox.claim_pending(limit=2)
+        theirs = await second.outbox.claim_pending(limit=10)
+        assert len(mine) == 2 and len(theirs) == 2
+        assert {e.id for e in mine}.isdisjoint({e.id for e in theirs})
+        backlog = await first.outbox.backlog()
+        assert backlog.pending == 4
+
+
+async def test_merchant_must_accept_a_currency(uow_factory: UowFactory) -> None:
+    with pytest.raises(IntegrityError, match="accepts_a_currency"):
+        async with uow_factory() as uow:
+            uow.merchants.add(MerchantFactory(currencies=[]))
+            await uow.flush()
+
+
+def test_models_are_the_ones_alembic_sees() -> None:
+    assert {"merchants", "transactions", "refunds", "audit_log"} <= set(Base.metadata.tables)
+    assert Transaction.__table__.c.amount_minor.type.python_type is int
+    assert Merchant.__table__.c.currencies is not None

@@ -1,0 +1,70 @@
+"""Request-scoped dependencies (``Annotated`` aliases) and the app's wired runtime."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from asgi_correlation_id.context import correlation_id
+from fastapi import Depends, Header, Request
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.core.config import Settings
+from app.services.auth import Authenticator
+from app.services.context import ServiceContext
+from app.services.payments import MerchantPrincipal
+
+
+@dataclass(slots=True)
+class Runtime:
+    """Everything wired at start-up, shared by all requests of one worker."""
+
+    settings: Settings
+    engine: AsyncEngine
+    services: ServiceContext
+    authenticator: Authenticator
+    fingerprint_secret: bytes
+    draining: bool = field(default=False)
+
+
+def get_runtime(request: Request) -> Runtime:
+    """The worker's runtime."""
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def current_correlation_id() -> str | None:
+    """This request's correlation id."""
+    return correlation_id.get()
+
+
+CorrelationIdDep = Annotated[str | None, Depends(current_correlation_id)]
+
+
+async def current_merchant(
+    runtime: RuntimeDep,
+    authorization: Annotated[
+        str | None, Header(description="`Bearer <api_key>`", include_in_schema=False)
+    ] = None,
+) -> MerchantPrincipal:
+    """The merchant behind the bearer key (401 otherwise)."""
+    return await runtime.authenticator.authenticate(
+        authorization, correlation_id=correlation_id.get()
+    )
+
+
+MerchantDep = Annotated[MerchantPrincipal, Depends(current_merchant)]
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Retry-safe key (1-255 printable ASCII), scoped to the merchant, kept 24 h.",
+    ),
+]

@@ -1,0 +1,136 @@
+"""ASGI middleware: body-size limit, correlation ids, and the last-resort 500."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+from asgi_correlation_id import CorrelationIdMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.problems import problem_body, problem_response
+
+logger = logging.getLogger(__name__)
+
+CORRELATION_HEADER = "X-Correlation-ID"
+_CORRELATION_SHAPE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def valid_correlation_id(value: str) -> bool:
+    """SPEC §2: 1-128 characters of ``[A-Za-z0-9._:-]``."""
+    return bool(_CORRELATION_SHAPE.fullmatch(value))
+
+
+def correlation_middleware_options() -> dict[str, object]:
+    """Options for asgi-correlation-id: our header, our shape, UUIDs otherwise."""
+    return {
+        "header_name": CORRELATION_HEADER,
+        "generator": lambda: str(uuid.uuid4()),
+        "validator": valid_correlation_id,
+        "transformer": lambda value: value,
+    }
+
+
+class _BodyTooLargeError(Exception):
+    pass
+
+
+class BodySizeLimitMiddleware:
+    """Answers 413 for bodies over the limit, by Content-Length or by counting the stream."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0
+                if declared > self.max_bytes:
+                    await self._reject(scope, receive, send)
+                    return
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLargeError
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _BodyTooLargeError:
+            if not started:
+                await self._reject(scope, receive, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = problem_body(
+            code="payload_too_large",
+            title="Payload too large",
+            detail=f"The request body exceeds {self.max_bytes // 1024} KiB.",
+        )
+        await problem_response(413, body)(scope, receive, send)
+
+
+class UnexpectedErrorMiddleware:
+    """Turns any unhandled exception into a logged 500 problem, inside the correlation scope.
+
+    Starlette's own last-resort handler sits outside every middleware, where the
+    correlation id header would be lost; this one answers from inside it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except _BodyTooLargeError:
+            raise
+        except Exception:
+            logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            body = problem_body(
+                code="internal_error",
+                title="Internal server error",
+                detail="An unexpected error occurred; it has been logged with the correlation id.",
+            )
+            await problem_response(500, body)(scope, receive, send)
+
+
+__all__ = [
+    "CORRELATION_HEADER",
+    "BodySizeLimitMiddleware",
+    "CorrelationIdMiddleware",
+    "UnexpectedErrorMiddleware",
+    "correlation_middleware_options",
+]

@@ -1,0 +1,178 @@
+"""Errors as RFC 9457 problem+json: the one place where error codes meet HTTP statuses."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from asgi_correlation_id.context import correlation_id
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from app.core.jsoncodec import dump_json
+from app.domain.errors import BankUnavailable, PaymentServiceError
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+STATUS_BY_CODE: dict[str, int] = {
+    "validation_error": 422,
+    "unauthorized": 401,
+    "merchant_mismatch": 403,
+    "merchant_inactive": 403,
+    "currency_not_supported": 422,
+    "payment_not_found": 404,
+    "payment_not_refundable": 409,
+    "refund_exceeds_balance": 409,
+    "bank_unavailable": 503,
+    "idempotency_key_reused": 422,
+    "idempotency_in_progress": 409,
+    "invalid_transition": 409,
+    "merchant_not_found": 404,
+    "api_key_not_found": 404,
+    "malformed_json": 400,
+    "payload_too_large": 413,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "internal_error": 500,
+}
+
+_TITLES = {
+    "malformed_json": "Malformed JSON",
+    "payload_too_large": "Payload too large",
+    "not_found": "Not found",
+    "method_not_allowed": "Method not allowed",
+    "internal_error": "Internal server error",
+    "validation_error": "Validation failed",
+}
+
+
+def problem_body(
+    *,
+    code: str,
+    title: str,
+    detail: str,
+    errors: list[dict[str, str]] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A problem document; the correlation id is the current request's."""
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": title,
+        "status": STATUS_BY_CODE[code],
+        "detail": detail,
+        "code": code,
+        "correlation_id": correlation_id.get(),
+    }
+    if errors:
+        body["errors"] = errors
+    if extra:
+        for key, value in extra.items():
+            body.setdefault(key, value)
+    return body
+
+
+def render_error(error: PaymentServiceError) -> tuple[int, dict[str, Any]]:
+    """The (status, body) for a domain error: used for responses and idempotent replays."""
+    body = problem_body(
+        code=error.code,
+        title=error.title,
+        detail=error.detail,
+        errors=error.errors,
+        extra=error.extra,
+    )
+    return body["status"], body
+
+
+def problem_response(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response:
+    """Serialize a problem document."""
+    return Response(
+        content=dump_json(body), status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers
+    )
+
+
+def retry_after_headers(body: dict[str, Any], error: PaymentServiceError | None) -> dict[str, str]:
+    """``Retry-After`` for bank outages."""
+    if isinstance(error, BankUnavailable):
+        return {"Retry-After": str(error.retry_after_s)}
+    if body.get("code") == "bank_unavailable":
+        return {"Retry-After": str(body.get("retry_after_s", 30))}
+    return {}
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, str]]:
+    entries: list[dict[str, str]] = []
+    for err in exc.errors():
+        loc = tuple(err.get("loc", ()))
+        message = str(err.get("msg", "Invalid value"))
+        if err.get("type") == "extra_forbidden":
+            message = "Unknown field."
+        # Never echo the offending input: it may be a card number or a CVV.
+        entries.append({"field": _field_path(loc), "message": message})
+    return entries
+
+
+async def _on_domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, PaymentServiceError)
+    status, body = render_error(exc)
+    headers = retry_after_headers(body, exc)
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return problem_response(status, body, headers)
+
+
+async def _on_request_validation(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    if any(err.get("type") == "json_invalid" for err in exc.errors()):
+        body = problem_body(
+            code="malformed_json",
+            title=_TITLES["malformed_json"],
+            detail="The request body is not valid JSON.",
+        )
+        return problem_response(400, body)
+    body = problem_body(
+        code="validation_error",
+        title=_TITLES["validation_error"],
+        detail="The request is not valid; see errors.",
+        errors=_validation_errors(exc),
+    )
+    return problem_response(422, body)
+
+
+async def _on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+        exc.status_code, "internal_error"
+    )
+    detail = exc.detail if isinstance(exc.detail, str) else _TITLES[code]
+    body = problem_body(code=code, title=_TITLES[code], detail=detail)
+    body["status"] = exc.status_code
+    return problem_response(exc.status_code, body, dict(exc.headers or {}))
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    body = problem_body(
+        code="internal_error",
+        title=_TITLES["internal_error"],
+        detail="An unexpected error occurred; it has been logged with the correlation id.",
+    )
+    return problem_response(500, body)
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Map every error the app can raise to problem+json, once."""
+    app.add_exception_handler(PaymentServiceError, _on_domain_error)
+    app.add_exception_handler(RequestValidationError, _on_request_validation)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected)

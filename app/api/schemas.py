@@ -1,0 +1,370 @@
+"""Request and response bodies of the HTTP API, with the examples OpenAPI shows.
+
+Requests are strict: unknown fields are rejected and every rule of SPEC §2 is checked
+here, so a bad request fails with one 422 listing every bad field before any work starts.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from app.core.jsoncodec import dump_json
+from app.domain.cards import validate_card_number
+from app.domain.errors import PaymentServiceError
+from app.domain.money import Money, normalize_currency
+
+METADATA_MAX_KEYS = 50
+METADATA_MAX_BYTES = 16 * 1024
+
+Amount = Annotated[
+    Decimal | str,
+    Field(
+        description="Amount in major units: a JSON number or a decimal string, "
+        "with no more decimals than the currency allows.",
+        examples=["99.99"],
+    ),
+]
+
+
+def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    if len(value) > METADATA_MAX_KEYS:
+        raise ValueError(f"metadata may have at most {METADATA_MAX_KEYS} keys")
+    if len(dump_json(value).encode()) > METADATA_MAX_BYTES:
+        raise ValueError(f"metadata may be at most {METADATA_MAX_BYTES} bytes of JSON")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class CardData(_Strict):
+    """Card details; the number and CVV are never stored in clear, logged or returned."""
+
+    card_number: Annotated[str, Field(description="12-19 digits; spaces and dashes ignored.")]
+    expiry_month: Annotated[int, Field(ge=1, le=12, strict=True)]
+    expiry_year: Annotated[int, Field(ge=2000, le=2100, strict=True)]
+    cvv: Annotated[str, StringConstraints(pattern=r"^[0-9]{3,4}$")]
+    cardholder_name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+
+    @field_validator("card_number")
+    @classmethod
+    def _valid_number(cls, value: str) -> str:
+        try:
+            return validate_card_number(value)
+        except PaymentServiceError as exc:
+            raise ValueError(exc.detail) from None
+
+
+class PaymentRequest(_Strict):
+    """POST /api/v1/payments/process."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "merchant_id": "merchant_test_123",
+                    "amount": 99.99,
+                    "currency": "USD",
+                    "payment_method": "credit_card",
+                    "card_data": {
+                        "card_number": "4242 4242 4242 4242",
+                        "expiry_month": 12,
+                        "expiry_year": 2030,
+                        "cvv": "123",
+                        "cardholder_name": "Jane Doe",
+                    },
+                    "description": "Order 1234",
+                    "metadata": {"order_id": "1234", "items": [1, 2]},
+                }
+            ]
+        },
+    )
+
+    merchant_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    amount: Amount
+    currency: Annotated[str, Field(description="ISO 4217 alpha-3, any case.", examples=["USD"])]
+    payment_method: Literal["credit_card", "debit_card"]
+    card_data: CardData
+    description: Annotated[str | None, StringConstraints(max_length=500)] = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    _money: Money = PrivateAttr()
+
+    @field_validator("currency")
+    @classmethod
+    def _known_currency(cls, value: str) -> str:
+        try:
+            return normalize_currency(value)
+        except PaymentServiceError as exc:
+            raise ValueError(exc.detail) from None
+
+    @field_validator("amount", mode="before")
+    @classmethod
+    def _no_floats(cls, value: object) -> object:
+        if isinstance(value, bool) or not isinstance(value, (Decimal, int, str)):
+            raise ValueError("amount must be a JSON number or a decimal string")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _bounded_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_metadata(value)
+
+    @model_validator(mode="after")
+    def _exact_amount(self) -> PaymentRequest:
+        # Raises InvalidAmount (mapped to a 422 naming "amount") when the amount breaks a
+        # rule that depends on the currency.
+        self._money = Money.from_major(
+            self.amount if isinstance(self.amount, Decimal) else str(self.amount), self.currency
+        )
+        return self
+
+    @property
+    def money(self) -> Money:
+        """The exact amount in minor units."""
+        return self._money
+
+
+class RefundRequestBody(_Strict):
+    """POST /api/v1/payments/{transaction_id}/refund; every field optional."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"amount": 50.00, "reason": "customer request", "metadata": {}}]
+        },
+    )
+
+    amount: Amount | None = None
+    reason: Annotated[str | None, StringConstraints(max_length=500)] = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("amount", mode="before")
+    @classmethod
+    def _no_floats(cls, value: object) -> object:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (Decimal, int, str)):
+            raise ValueError("amount must be a JSON number or a decimal string")
+        return value
+
+    @field_validator("amount")
+    @classmethod
+    def _decimal(cls, value: Decimal | str | None) -> Decimal | str | None:
+        if isinstance(value, str):
+            try:
+                parsed = Decimal(value)
+            except ArithmeticError:
+                raise ValueError("amount must be a decimal number") from None
+            if not parsed.is_finite():
+                raise ValueError("amount must be a finite number")
+            return parsed
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _bounded_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_metadata(value)
+
+
+class CardSummary(BaseModel):
+    """What is kept of a card in clear."""
+
+    brand: Literal["visa", "mastercard", "amex", "discover", "unknown"]
+    last4: str
+    exp_month: int
+    exp_year: int
+
+
+class RefundSummary(BaseModel):
+    """A refund as listed under its payment."""
+
+    refund_id: str
+    amount: str
+    currency: str
+    status: Literal["succeeded", "failed"]
+    reason: str | None
+    metadata: dict[str, Any]
+    created_at: str
+
+
+PAYMENT_EXAMPLE: dict[str, Any] = {
+    "transaction_id": "txn_0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+    "merchant_id": "merchant_test_123",
+    "status": "captured",
+    "amount": "99.99",
+    "currency": "USD",
+    "payment_method": "credit_card",
+    "card": {"brand": "visa", "last4": "4242", "exp_month": 12, "exp_year": 2030},
+    "card_last_four": "4242",
+    "authorization_code": "A1B2C3",
+    "decline_code": None,
+    "decline_message": None,
+    "failure_code": None,
+    "refunded_amount": "0.00",
+    "refundable_amount": "99.99",
+    "description": "Order 1234",
+    "metadata": {"order_id": "1234", "items": [1, 2]},
+    "created_at": "2026-11-28T10:15:30.123Z",
+    "updated_at": "2026-11-28T10:15:30.123Z",
+}
+
+
+class PaymentResponse(BaseModel):
+    """A payment; declines and captures both answer 200."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [PAYMENT_EXAMPLE]})
+
+    transaction_id: str
+    merchant_id: str
+    status: Literal["captured", "declined", "failed", "partially_refunded", "refunded"]
+    amount: str
+    currency: str
+    payment_method: Literal["credit_card", "debit_card"]
+    card: CardSummary
+    card_last_four: str
+    authorization_code: str | None
+    decline_code: str | None
+    decline_message: str | None
+    failure_code: str | None
+    refunded_amount: str
+    refundable_amount: str
+    description: str | None
+    metadata: dict[str, Any]
+    created_at: str
+    updated_at: str
+
+
+class PaymentDetailResponse(PaymentResponse):
+    """A payment with its refunds, oldest first."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{**PAYMENT_EXAMPLE, "refunds": []}]})
+
+    refunds: list[RefundSummary]
+
+
+class RefundResponse(BaseModel):
+    """A refund and the payment's balance after it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "refund_id": "re_9a8b7c6d5e4f30211203f4e5d6c7b8a9",
+                    "transaction_id": "txn_0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+                    "amount": "50.00",
+                    "currency": "USD",
+                    "status": "succeeded",
+                    "reason": "customer request",
+                    "metadata": {},
+                    "payment_status": "partially_refunded",
+                    "refunded_amount": "50.00",
+                    "refundable_amount": "49.99",
+                    "created_at": "2026-11-28T10:20:00.000Z",
+                }
+            ]
+        }
+    )
+
+    refund_id: str
+    transaction_id: str
+    amount: str
+    currency: str
+    status: Literal["succeeded", "failed"]
+    reason: str | None
+    metadata: dict[str, Any]
+    payment_status: Literal["captured", "partially_refunded", "refunded"]
+    refunded_amount: str
+    refundable_amount: str
+    created_at: str
+
+
+class FieldError(BaseModel):
+    """One bad field."""
+
+    field: str
+    message: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, as every error is answered."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "about:blank",
+                    "title": "Refund exceeds balance",
+                    "status": 409,
+                    "detail": "Refund of 80.00 USD exceeds the refundable 49.99 USD.",
+                    "code": "refund_exceeds_balance",
+                    "correlation_id": "5f0c6b7e-1c1d-4a8e-9d8c-2a4f0e7c9b11",
+                    "errors": [{"field": "amount", "message": "..."}],
+                }
+            ]
+        },
+    )
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    code: str
+    correlation_id: str | None = None
+    errors: list[FieldError] | None = None
+    transaction_id: str | None = None
+
+
+class HealthCheck(BaseModel):
+    """One dependency's state."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["up", "down", "disabled"]
+
+
+class HealthResponse(BaseModel):
+    """Deep health: database, Kafka, bank circuit and outbox backlog."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "status": "healthy",
+                    "version": "0.1.0",
+                    "checks": {
+                        "database": {"status": "up", "latency_ms": 1.2},
+                        "kafka": {"status": "up"},
+                        "bank": {"status": "up", "circuit": "closed"},
+                        "outbox": {"status": "up", "pending": 0, "oldest_pending_age_s": 0},
+                    },
+                }
+            ]
+        }
+    )
+
+    status: Literal["healthy", "degraded", "unhealthy"]
+    version: str
+    checks: dict[str, HealthCheck]
+
+
+class ServiceInfo(BaseModel):
+    """GET /."""
+
+    service: str
+    version: str
+    docs: str

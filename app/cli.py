@@ -1,0 +1,103 @@
+"""``payments-admin``: manage merchants and API keys (SPEC §1).
+
+Reads the same configuration as the service (``DATABASE_URL``, ``.env``). Prints a
+generated key once; exits non-zero with a one-line message on any error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+
+from app.adapters.bank.simulator import SimulatedBankGateway
+from app.adapters.db.engine import build_engine, build_session_factory
+from app.adapters.db.unit_of_work import UnitOfWork
+from app.core.config import Settings, get_settings
+from app.domain.errors import PaymentServiceError
+from app.main import build_vault
+from app.services import merchants
+from app.services.context import ServiceContext
+
+DEFAULT_CURRENCIES = "USD,EUR,GBP,JPY"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="payments-admin", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    create = commands.add_parser("create-merchant", help="create a merchant and its first key")
+    create.add_argument("merchant_id")
+    create.add_argument("--name")
+    create.add_argument("--currencies", default=DEFAULT_CURRENCIES, help="e.g. USD,EUR,JPY")
+    create.add_argument("--api-key", help="use this key (at least 16 characters)")
+
+    issue = commands.add_parser("issue-key", help="issue another key for a merchant")
+    issue.add_argument("merchant_id")
+    issue.add_argument("--api-key", help="use this key (at least 16 characters)")
+
+    revoke = commands.add_parser("revoke-key", help="revoke a key")
+    revoke.add_argument("key")
+
+    disable = commands.add_parser("disable-merchant", help="disable a merchant")
+    disable.add_argument("merchant_id")
+    return parser
+
+
+async def _run(args: argparse.Namespace, settings: Settings) -> str:
+    engine = build_engine(settings, application_name="payments-admin")
+    session_factory = build_session_factory(engine)
+    ctx = ServiceContext(
+        uow_factory=lambda: UnitOfWork(session_factory),
+        bank=SimulatedBankGateway(),
+        vault=build_vault(settings),
+    )
+    pepper = settings.api_key_pepper.get_secret_value().encode()
+    try:
+        if args.command == "create-merchant":
+            issued = await merchants.create_merchant(
+                ctx,
+                merchant_id=args.merchant_id,
+                name=args.name,
+                currencies=args.currencies.split(","),
+                api_key=args.api_key,
+                pepper=pepper,
+            )
+            return f"created merchant {issued.merchant_id}\napi_key: {issued.api_key}"
+        if args.command == "issue-key":
+            issued = await merchants.issue_key(
+                ctx, merchant_id=args.merchant_id, api_key=args.api_key, pepper=pepper
+            )
+            return f"issued key for {issued.merchant_id}\napi_key: {issued.api_key}"
+        if args.command == "revoke-key":
+            merchant_id = await merchants.revoke_key(ctx, api_key=args.key, pepper=pepper)
+            return f"revoked key of {merchant_id}"
+        await merchants.disable_merchant(ctx, merchant_id=args.merchant_id)
+        return f"disabled merchant {args.merchant_id}"
+    finally:
+        await engine.dispose()
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    settings_factory: Callable[[], Settings] = get_settings,
+    runner: Callable[[Awaitable[str]], str] = asyncio.run,
+) -> int:
+    """Entry point of ``payments-admin``; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = settings_factory()
+        print(runner(_run(args, settings)))
+    except PaymentServiceError as exc:
+        print(f"payments-admin: {exc.detail}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"payments-admin: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""The app factory and its lifespan: where every adapter is wired, once per worker."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from asgi_correlation_id import CorrelationIdMiddleware
+from fastapi import FastAPI
+
+from app.adapters.bank import build_bank_gateway
+from app.adapters.db.engine import build_engine, build_session_factory
+from app.adapters.db.notifications import CacheInvalidationListener
+from app.adapters.db.unit_of_work import UnitOfWork
+from app.adapters.messaging.base import OutboxOnlyPublisher
+from app.adapters.vault import CardVault
+from app.api.deps import Runtime
+from app.api.middleware import (
+    BodySizeLimitMiddleware,
+    UnexpectedErrorMiddleware,
+    correlation_middleware_options,
+)
+from app.api.problems import install_problem_handlers
+from app.api.routes import health, payments
+from app.core.config import Settings, get_settings
+from app.core.logging import configure_logging
+from app.services.auth import Authenticator
+from app.services.context import ServiceContext
+
+logger = logging.getLogger("app")
+
+API_DESCRIPTION = """
+Card payments for merchants: process, read and refund, with idempotent retries.
+
+* Authenticate with `Authorization: Bearer <api_key>`.
+* Send `Idempotency-Key` on POSTs to retry safely.
+* Every error is `application/problem+json` (RFC 9457) with a stable `code`.
+* Every response carries `X-Correlation-ID`.
+"""
+
+
+def build_vault(settings: Settings) -> CardVault:
+    """The card vault from the configured keys."""
+    return CardVault.from_config(
+        settings.card_encryption_keys.get_secret_value(),
+        settings.card_encryption_current_key_id,
+        settings.card_fingerprint_key.get_secret_value(),
+    )
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """Wire the adapters for one worker process."""
+    engine = build_engine(settings)
+    session_factory = build_session_factory(engine)
+    services = ServiceContext(
+        uow_factory=lambda: UnitOfWork(session_factory),
+        bank=build_bank_gateway(settings),
+        vault=build_vault(settings),
+        publisher=OutboxOnlyPublisher(),
+    )
+    fingerprint_key = settings.card_fingerprint_key.get_secret_value().encode()
+    return Runtime(
+        settings=settings,
+        engine=engine,
+        services=services,
+        authenticator=Authenticator(
+            services,
+            pepper=settings.api_key_pepper.get_secret_value().encode(),
+            ttl_s=settings.cache_ttl_s,
+        ),
+        fingerprint_secret=hashlib.sha256(b"idempotency:" + fingerprint_key).digest(),
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the ASGI application."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(settings)
+        runtime = build_runtime(settings)
+        if not runtime.services.publisher.enabled:
+            logger.warning(
+                "KAFKA_BOOTSTRAP_SERVERS is not set: events wait in the outbox, unpublished"
+            )
+        logger.info(
+            "starting %s %s (%s), bank: %s",
+            settings.service_name,
+            settings.version,
+            settings.environment.value,
+            "http" if settings.bank_api_url else "in-process simulator",
+        )
+        listener = CacheInvalidationListener(
+            settings.database_url, runtime.authenticator.invalidate_all
+        )
+        listener.start()
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            runtime.draining = True
+            await listener.stop()
+            await runtime.services.bank.aclose()
+            await runtime.engine.dispose()
+            logger.info("stopped: pools closed")
+
+    app = FastAPI(
+        title="Payment Service",
+        version=settings.version,
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+    )
+    install_problem_handlers(app)
+    app.include_router(health.router)
+    app.include_router(payments.router)
+    # Outermost last: correlation id first, then the body limit, then the 500 safety net.
+    app.add_middleware(UnexpectedErrorMiddleware)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(CorrelationIdMiddleware, **correlation_middleware_options())  # type: ignore[arg-type]
+    return app

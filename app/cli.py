@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from app.adapters.bank.simulator import SimulatedBankGateway
 from app.adapters.db.engine import build_engine, build_session_factory
@@ -83,7 +84,7 @@ def main(
     argv: Sequence[str] | None = None,
     *,
     settings_factory: Callable[[], Settings] = get_settings,
-    runner: Callable[[Awaitable[str]], str] = asyncio.run,
+    runner: Callable[[Coroutine[Any, Any, str]], str] = asyncio.run,
 ) -> int:
     """Entry point of ``payments-admin``; returns the exit code."""
     args = _parser().parse_args(argv)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.adapters.bank.simulator import SimulatedBankGateway
@@ -26,9 +26,12 @@ from app.main import build_vault, create_app
 from app.services import merchants
 from app.services.context import ServiceContext
 
-TEST_DATABASE_URL = os.environ.get(
-    "TEST_DATABASE_URL", "postgresql+asyncpg://payments@127.0.0.1:5432/payments_test"
-)
+# Each pytest run gets its own throwaway database on the local stack's server, so runs
+# (a developer's and a helper's, or CI's) never truncate each other's tables. Set
+# TEST_DATABASE_URL to use a given database instead.
+_SERVER_URL = os.environ.get("TEST_DATABASE_SERVER", "postgresql+asyncpg://payments@127.0.0.1:5432")
+_OWN_DATABASE = f"payments_test_{os.getpid()}"
+TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", f"{_SERVER_URL}/{_OWN_DATABASE}")
 TABLES = (
     "audit_log",
     "outbox_events",
@@ -69,9 +72,32 @@ def settings() -> Settings:
     return make_settings()
 
 
+def _admin_engine() -> Engine:
+    url = _SERVER_URL.replace("+asyncpg", "+psycopg2") + "/postgres"
+    return create_engine(url, isolation_level="AUTOCOMMIT")
+
+
 @pytest.fixture(scope="session")
 def migrated_database(settings: Settings) -> Iterator[str]:
     """A clean schema built by ``alembic upgrade head``; the sync URL."""
+    own = "TEST_DATABASE_URL" not in os.environ
+    if own:
+        admin = _admin_engine()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{_OWN_DATABASE}" WITH (FORCE)'))
+            conn.execute(text(f'CREATE DATABASE "{_OWN_DATABASE}"'))
+        admin.dispose()
+    try:
+        yield from _migrate(settings)
+    finally:
+        if own:
+            admin = _admin_engine()
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{_OWN_DATABASE}" WITH (FORCE)'))
+            admin.dispose()
+
+
+def _migrate(settings: Settings) -> Iterator[str]:
     sync_url = settings.sync_database_url
     engine = create_engine(sync_url)
     with engine.begin() as conn:
@@ -124,9 +150,7 @@ class MerchantCredentials:
 
 
 @pytest.fixture
-def create_merchant(
-    ctx: ServiceContext, settings: Settings
-) -> Callable[..., Any]:
+def create_merchant(ctx: ServiceContext, settings: Settings) -> Callable[..., Any]:
     """Create a merchant and key through the admin use case; returns credentials."""
     counter = iter(range(1, 10_000))
 
@@ -162,7 +186,9 @@ def app_settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-async def client(app_settings: Settings, migrated_database: str) -> AsyncIterator[httpx.AsyncClient]:
+async def client(
+    app_settings: Settings, migrated_database: str
+) -> AsyncIterator[httpx.AsyncClient]:
     """The real app (lifespan and all) over an in-process ASGI transport."""
     app = create_app(app_settings)
     async with app.router.lifespan_context(app):

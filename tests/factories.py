@@ -8,9 +8,16 @@ from datetime import UTC, datetime
 import factory
 
 from app.adapters.db.models import ApiKey, Merchant, Refund, Transaction
-from app.adapters.vault import CardVault, DEVELOPMENT_FINGERPRINT_KEY, DEVELOPMENT_KEY_ID, DEVELOPMENT_KEYS_SPEC
+from app.adapters.vault import (
+    CardVault,
+    DEVELOPMENT_FINGERPRINT_KEY,
+    DEVELOPMENT_KEY_ID,
+    DEVELOPMENT_KEYS_SPEC,
+)
 
-VAULT = CardVault.from_config(DEVELOPMENT_KEYS_SPEC, DEVELOPMENT_KEY_ID, DEVELOPMENT_FINGERPRINT_KEY)
+VAULT = CardVault.from_config(
+    DEVELOPMENT_KEYS_SPEC, DEVELOPMENT_KEY_ID, DEVELOPMENT_FINGERPRINT_KEY
+)
 
 
 def _now() -> datetime:

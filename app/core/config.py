@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 from enum import StrEnum
 from functools import lru_cache
-from typing import Annotated, Self
+from typing import Self
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.adapters.vault import (
     DEVELOPMENT_FINGERPRINT_KEY,
@@ -91,20 +91,12 @@ class Settings(BaseSettings):
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=24 * 3600)
     idempotency_lock_timeout_s: int = Field(default=60, ge=1)
     cache_ttl_s: float = Field(default=30.0, ge=0)
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # Observability.
     tracing_enabled: bool = Field(default=False, alias="DD_TRACE_ENABLED")
     dogstatsd_host: str | None = Field(default=None, alias="DD_AGENT_HOST")
     dogstatsd_port: int = Field(default=8125, alias="DD_DOGSTATSD_PORT")
     metrics_enabled: bool = False
-
-    @field_validator("cors_origins", mode="before")
-    @classmethod
-    def _split_origins(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [item.strip() for item in value.split(",") if item.strip()]
-        return value
 
     @model_validator(mode="after")
     def _refuse_development_secrets_in_production(self) -> Self:

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from asgi_correlation_id.context import correlation_id
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings
@@ -44,8 +45,16 @@ def current_correlation_id() -> str | None:
 CorrelationIdDep = Annotated[str | None, Depends(current_correlation_id)]
 
 
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="`Authorization: Bearer <api_key>`; keys come from `payments-admin`.",
+)
+
+
 async def current_merchant(
     runtime: RuntimeDep,
+    _documented: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
     authorization: Annotated[
         str | None, Header(description="`Bearer <api_key>`", include_in_schema=False)
     ] = None,

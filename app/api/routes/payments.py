@@ -21,7 +21,7 @@ from app.api.schemas import (
     RefundResponse,
 )
 from app.core.jsoncodec import dump_json
-from app.domain.errors import BankUnavailable, MerchantInactive
+from app.domain.errors import BankUnavailable, MerchantInactive, PaymentServiceError
 from app.services import idempotency
 from app.services.idempotency import IdempotencyClaim, StoredResponse
 from app.services.payments import (
@@ -116,10 +116,13 @@ async def _run_idempotently(
         body = await action(outcome)
     except BankUnavailable:
         raise  # recorded with the claim: retries replay this answer
-    except BaseException:
-        # Nothing changed: forget the key so a corrected retry can run.
+    except PaymentServiceError:
+        # A refusal that changed nothing: forget the key so a corrected retry can run.
         await asyncio.shield(idempotency.release(runtime.services, outcome))
         raise
+    # Anything else (a crash, a cancelled request) may have happened after the bank said
+    # yes: the claim is left to expire, and the retry that takes it over reuses the same
+    # transaction id, which the bank deduplicates — never a second charge.
     return _json(200, body)
 
 

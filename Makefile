@@ -56,3 +56,54 @@ format: install ## Apply ruff's fixes and formatting
 .PHONY: bank-expectations
 bank-expectations: install ## Regenerate deploy/mockserver/expectations.json from the test-card table
 	@$(UV) run --frozen python scripts/generate_bank_expectations.py
+
+# --- API tests and Docker ------------------------------------------------------------------
+# Docker targets need a Docker engine with Compose v2.24+. `docker-config` does not: it uses
+# the static Compose binary and hadolint from the dev dependencies.
+COMPOSE ?= docker compose
+DEMO_MERCHANT_ID ?= merchant_demo
+DEMO_KEY_FILE ?= .stack/docker/demo-api-key
+
+.PHONY: test-api
+test-api: install ## API tests (scripts/test_api.sh) against a local server on the local stack, no Docker
+	@bash scripts/test_api_local.sh
+
+.PHONY: test-api-docker
+test-api-docker: ## API tests against `make docker-up` (BASE_URL, API_KEY, MERCHANT_ID; demo merchant by default)
+	@key="$${API_KEY:-$$(cat $(DEMO_KEY_FILE) 2>/dev/null)}"; \
+	if [ -z "$$key" ]; then echo "no API_KEY and no $(DEMO_KEY_FILE): run make docker-up first" >&2; exit 2; fi; \
+	BASE_URL="$${BASE_URL:-http://localhost:$${APP_PORT:-8000}}" CREATE_MERCHANT="$${CREATE_MERCHANT:-0}" \
+	API_KEY="$$key" MERCHANT_ID="$${MERCHANT_ID:-$(DEMO_MERCHANT_ID)}" \
+	ADMIN_TESTS="$${ADMIN_TESTS:-1}" PAYMENTS_ADMIN="$${PAYMENTS_ADMIN:-$(COMPOSE) exec -T app payments-admin}" \
+	bash scripts/test_api.sh
+
+.PHONY: docker-up
+docker-up: ## Build and start the whole stack in Docker, wait until healthy, print a demo merchant's key
+	@$(COMPOSE) up -d --build --wait --wait-timeout 300
+	@mkdir -p "$(dir $(DEMO_KEY_FILE))"; \
+	if [ ! -s "$(DEMO_KEY_FILE)" ]; then \
+		(umask 077; printf 'sk_demo_%s\n' "$$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')" > "$(DEMO_KEY_FILE)"); \
+	fi; \
+	key=$$(cat "$(DEMO_KEY_FILE)"); \
+	if out=$$($(COMPOSE) exec -T app payments-admin create-merchant $(DEMO_MERCHANT_ID) \
+			--api-key "$$key" --currencies USD,EUR,GBP,JPY 2>&1); then :; \
+	elif ! grep -q "already exists" <<<"$$out"; then echo "$$out" >&2; exit 1; \
+	elif out=$$($(COMPOSE) exec -T app payments-admin issue-key $(DEMO_MERCHANT_ID) --api-key "$$key" 2>&1); then :; \
+	elif ! grep -q "already in use" <<<"$$out"; then echo "$$out" >&2; exit 1; fi; \
+	echo; echo "Payment service: http://localhost:$${APP_PORT:-8000}  (docs: /docs)"; \
+	echo "Demo merchant:   $(DEMO_MERCHANT_ID)"; \
+	echo "Demo API key:    $$key   (kept in $(DEMO_KEY_FILE))"; \
+	echo "Try:             make test-api-docker"
+
+.PHONY: docker-logs
+docker-logs: ## Follow the logs of every Docker service (SERVICE=app for one)
+	@$(COMPOSE) logs -f --tail=200 $(SERVICE)
+
+.PHONY: docker-down
+docker-down: ## Stop and remove the Docker stack (data volumes kept; `docker compose down -v` drops them)
+	@$(COMPOSE) down --remove-orphans
+
+.PHONY: docker-config
+docker-config: install ## Static checks without a Docker engine: docker-compose config -q and hadolint
+	@$(UV) run --frozen docker-compose config -q && echo "docker-compose.yml: valid"
+	@$(UV) run --frozen hadolint Dockerfile && echo "Dockerfile: hadolint clean"

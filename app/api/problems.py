@@ -114,7 +114,7 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, str]]:
     entries: list[dict[str, str]] = []
     for err in exc.errors():
         loc = tuple(err.get("loc", ()))
-        message = str(err.get("msg", "Invalid value"))
+        message = str(err.get("msg", "Invalid value")).removeprefix("Value error, ")
         if err.get("type") == "extra_forbidden":
             message = "Unknown field."
         # Never echo the offending input: it may be a card number or a CVV.

@@ -15,14 +15,15 @@ from pydantic import (
     Field,
     PrivateAttr,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from app.core.jsoncodec import dump_json
 from app.domain.cards import validate_card_number
-from app.domain.errors import PaymentServiceError
-from app.domain.money import Money, normalize_currency
+from app.domain.errors import InvalidAmount, PaymentServiceError
+from app.domain.money import MAX_MAJOR_UNITS, Money, normalize_currency
 
 METADATA_MAX_KEYS = 50
 METADATA_MAX_BYTES = 16 * 1024
@@ -35,6 +36,19 @@ Amount = Annotated[
         examples=["99.99"],
     ),
 ]
+
+
+def _check_amount_without_currency(value: Decimal | str) -> None:
+    try:
+        amount = Decimal(value)
+    except ArithmeticError:
+        raise InvalidAmount("Amount must be a decimal number.") from None
+    if not amount.is_finite():
+        raise InvalidAmount("Amount must be a finite number.")
+    if amount <= 0:
+        raise InvalidAmount("Amount must be greater than zero.")
+    if amount > MAX_MAJOR_UNITS:
+        raise InvalidAmount(f"Amount must not exceed {MAX_MAJOR_UNITS}.")
 
 
 def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
@@ -94,8 +108,9 @@ class PaymentRequest(_Strict):
     )
 
     merchant_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    amount: Amount
+    # currency is validated first so the amount's decimals can be checked against it.
     currency: Annotated[str, Field(description="ISO 4217 alpha-3, any case.", examples=["USD"])]
+    amount: Amount
     payment_method: Literal["credit_card", "debit_card"]
     card_data: CardData
     description: Annotated[str | None, StringConstraints(max_length=500)] = None
@@ -123,13 +138,24 @@ class PaymentRequest(_Strict):
     def _bounded_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
         return _check_metadata(value)
 
+    @field_validator("amount")
+    @classmethod
+    def _exact_amount(cls, value: Decimal | str, info: ValidationInfo) -> Decimal | str:
+        # Every amount rule is checked here, beside the other fields, so one 422 lists every
+        # bad field. Without a valid currency, the rules that need no exponent still apply.
+        currency = info.data.get("currency")
+        try:
+            if isinstance(currency, str):
+                Money.from_major(value, currency)
+            else:
+                _check_amount_without_currency(value)
+        except PaymentServiceError as exc:
+            raise ValueError(exc.detail) from None
+        return value
+
     @model_validator(mode="after")
-    def _exact_amount(self) -> PaymentRequest:
-        # Raises InvalidAmount (mapped to a 422 naming "amount") when the amount breaks a
-        # rule that depends on the currency.
-        self._money = Money.from_major(
-            self.amount if isinstance(self.amount, Decimal) else str(self.amount), self.currency
-        )
+    def _exact_money(self) -> PaymentRequest:
+        self._money = Money.from_major(self.amount, self.currency)
         return self
 
     @property

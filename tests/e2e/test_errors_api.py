@@ -1,0 +1,430 @@
+"""Every error is problem+json with a stable code (SPEC §3), through the real app."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.adapters.bank.base import AuthorizationRequest, AuthorizationResult, BankGateway
+from app.api.routes import payments as payment_routes
+from app.core.config import Settings
+from app.core.logging import build_handler
+from app.domain.errors import ERROR_CODES
+from app.services import merchants
+from app.services import payments as payment_services
+from app.services.context import ServiceContext
+from app.services.idempotency import IdempotencyClaim
+from tests.conftest import MerchantCredentials, payment_body
+
+PROCESS = "/api/v1/payments/process"
+MAX_BODY = 64 * 1024
+PROBLEM_MEMBERS = {"type", "title", "status", "detail", "code", "correlation_id"}
+
+# SPEC §1-§4: the status each code is answered with.
+STATUS_BY_CODE = {
+    "malformed_json": 400,
+    "unauthorized": 401,
+    "merchant_mismatch": 403,
+    "merchant_inactive": 403,
+    "payment_not_found": 404,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "payment_not_refundable": 409,
+    "refund_exceeds_balance": 409,
+    "idempotency_in_progress": 409,
+    "payload_too_large": 413,
+    "validation_error": 422,
+    "currency_not_supported": 422,
+    "idempotency_key_reused": 422,
+    "internal_error": 500,
+    "bank_unavailable": 503,
+}
+# Codes of the admin CLI and of state-machine guards no API request can reach.
+NOT_FROM_THE_API = {"merchant_not_found", "api_key_not_found", "invalid_transition"}
+
+
+def payment_url(transaction_id: str) -> str:
+    return f"/api/v1/payments/{transaction_id}"
+
+
+def refund_url(transaction_id: str) -> str:
+    return f"/api/v1/payments/{transaction_id}/refund"
+
+
+def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The response is a complete RFC 9457 problem with this status and code."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = response.json()
+    assert set(body) >= PROBLEM_MEMBERS, body
+    assert body["code"] == code
+    assert body["status"] == status
+    assert isinstance(body["type"], str)
+    assert body["title"]
+    assert body["detail"]
+    assert body["correlation_id"] == response.headers["X-Correlation-ID"]
+    return body
+
+
+async def pay(
+    client: httpx.AsyncClient, merchant: MerchantCredentials, **overrides: Any
+) -> httpx.Response:
+    merchant_id = overrides.pop("merchant_id", merchant.merchant_id)
+    body = payment_body(merchant_id, **overrides)
+    return await client.post(PROCESS, json=body, headers=merchant.headers)
+
+
+async def count(engine: AsyncEngine, sql: str) -> int:
+    async with engine.connect() as conn:
+        return int(await conn.scalar(text(sql)) or 0)
+
+
+class GatedBank:
+    """The simulator, holding authorizations until the test opens the gate."""
+
+    def __init__(self, bank: BankGateway) -> None:
+        self._bank = bank
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def authorize(self, request: AuthorizationRequest) -> AuthorizationResult:
+        self.entered.set()
+        await self.gate.wait()
+        return await self._bank.authorize(request)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._bank, name)
+
+
+@dataclasses.dataclass
+class Scene:
+    """What a request producing an error needs."""
+
+    client: httpx.AsyncClient
+    merchant: MerchantCredentials
+    create_merchant: Callable[..., Any]
+    ctx: ServiceContext
+    monkeypatch: pytest.MonkeyPatch
+
+    async def captured(self, amount: str = "10.00") -> str:
+        response = await pay(self.client, self.merchant, amount=amount)
+        assert response.status_code == 200, response.text
+        transaction_id: str = response.json()["transaction_id"]
+        return transaction_id
+
+    async def refund(self, transaction_id: str, **body: Any) -> httpx.Response:
+        return await self.client.post(
+            refund_url(transaction_id), json=body, headers=self.merchant.headers
+        )
+
+
+async def produce(code: str, s: Scene) -> httpx.Response:
+    """Make the API answer with ``code``, the way a client would run into it."""
+    client, merchant = s.client, s.merchant
+    match code:
+        case "malformed_json":
+            return await client.post(
+                PROCESS,
+                content=b'{"amount": ',
+                headers={**merchant.headers, "Content-Type": "application/json"},
+            )
+        case "unauthorized":
+            return await client.get(payment_url("txn_00000000000000000000000000000abc"))
+        case "merchant_mismatch":
+            return await pay(client, merchant, merchant_id="merchant_somebody_else")
+        case "merchant_inactive":
+            other: MerchantCredentials = await s.create_merchant()
+            await merchants.disable_merchant(s.ctx, merchant_id=other.merchant_id)
+            return await pay(client, other, merchant_id=other.merchant_id)
+        case "payment_not_found":
+            return await client.get(payment_url("txn_unknown"), headers=merchant.headers)
+        case "not_found":
+            return await client.get("/api/v1/nothing-here")
+        case "method_not_allowed":
+            return await client.put(PROCESS, json={}, headers=merchant.headers)
+        case "payment_not_refundable":
+            declined = await pay(client, merchant, card_number="4000000000000002")
+            return await s.refund(declined.json()["transaction_id"])
+        case "refund_exceeds_balance":
+            return await s.refund(await s.captured("10.00"), amount="10.01")
+        case "idempotency_in_progress":
+            runtime = client.app.state.runtime  # type: ignore[attr-defined]
+            bank = GatedBank(runtime.services.bank)
+            runtime.services = dataclasses.replace(runtime.services, bank=bank)
+            headers = {**merchant.headers, "Idempotency-Key": "in-progress"}
+            body = payment_body(merchant.merchant_id)
+            first = asyncio.create_task(client.post(PROCESS, json=body, headers=headers))
+            await asyncio.wait_for(bank.entered.wait(), timeout=5)
+            response = await client.post(PROCESS, json=body, headers=headers)
+            bank.gate.set()
+            await first
+            return response
+        case "payload_too_large":
+            return await client.post(
+                PROCESS,
+                content=b" " * (MAX_BODY + 1),
+                headers={**merchant.headers, "Content-Type": "application/json"},
+            )
+        case "validation_error":
+            return await pay(client, merchant, amount="-1")
+        case "currency_not_supported":
+            return await pay(client, merchant, currency="GBP")
+        case "idempotency_key_reused":
+            headers = {**merchant.headers, "Idempotency-Key": "reused"}
+            await client.post(
+                PROCESS, json=payment_body(merchant.merchant_id, amount="1.00"), headers=headers
+            )
+            return await client.post(
+                PROCESS, json=payment_body(merchant.merchant_id, amount="2.00"), headers=headers
+            )
+        case "internal_error":
+
+            async def broken(*args: Any, **kwargs: Any) -> Any:
+                raise RuntimeError("simulated defect")
+
+            s.monkeypatch.setattr(payment_routes, "get_payment", broken)
+            return await client.get(
+                payment_url("txn_00000000000000000000000000000abc"), headers=merchant.headers
+            )
+        case "bank_unavailable":
+            return await pay(client, merchant, card_number="4000000000000903")
+    raise AssertionError(f"no request produces {code}")
+
+
+def test_every_error_code_is_produced_by_some_request_or_unreachable_from_the_api() -> None:
+    assert set(STATUS_BY_CODE) | NOT_FROM_THE_API == ERROR_CODES
+    assert not set(STATUS_BY_CODE) & NOT_FROM_THE_API
+
+
+@pytest.mark.parametrize("code", sorted(STATUS_BY_CODE))
+async def test_the_api_answers_each_error_code_as_a_complete_problem(
+    client: httpx.AsyncClient,
+    merchant: MerchantCredentials,
+    create_merchant: Callable[..., Any],
+    ctx: ServiceContext,
+    monkeypatch: pytest.MonkeyPatch,
+    code: str,
+) -> None:
+    scene = Scene(client, merchant, create_merchant, ctx, monkeypatch)
+
+    response = await produce(code, scene)
+
+    assert_problem(response, STATUS_BY_CODE[code], code)
+
+
+# --- 400 / 404 / 405 / 413 --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b'{"amount": ', b"not json", b'{"a": 1}{', b'{"amount": NaN}', b"\xff\xfe", b"{'a': 1}"],
+    ids=["truncated", "text", "two-documents", "nan", "not-utf8", "single-quotes"],
+)
+async def test_malformed_json_is_a_400(
+    client: httpx.AsyncClient, merchant: MerchantCredentials, content: bytes
+) -> None:
+    headers = {**merchant.headers, "Content-Type": "application/json"}
+
+    payment = await client.post(PROCESS, content=content, headers=headers)
+    refund = await client.post(
+        refund_url("txn_00000000000000000000000000000abc"), content=content, headers=headers
+    )
+
+    assert_problem(payment, 400, "malformed_json")
+    assert_problem(refund, 400, "malformed_json")
+
+
+async def test_a_body_over_64_kib_is_refused(
+    client: httpx.AsyncClient, merchant: MerchantCredentials, engine: AsyncEngine
+) -> None:
+    oversized = payment_body(merchant.merchant_id, description="x" * (MAX_BODY + 1))
+
+    response = await client.post(PROCESS, json=oversized, headers=merchant.headers)
+
+    body = assert_problem(response, 413, "payload_too_large")
+    assert "x" * 100 not in response.text
+    assert body["detail"]
+    assert await count(engine, "SELECT count(*) FROM transactions") == 0
+
+
+async def test_a_streamed_body_over_64_kib_is_refused_without_content_length(
+    client: httpx.AsyncClient, merchant: MerchantCredentials
+) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(20):
+            yield b" " * 4096
+
+    response = await client.post(
+        PROCESS,
+        content=chunks(),
+        headers={**merchant.headers, "Content-Type": "application/json"},
+    )
+
+    assert "content-length" not in {k.lower() for k in response.request.headers}
+    assert_problem(response, 413, "payload_too_large")
+
+
+async def test_a_body_just_under_the_limit_is_accepted(
+    client: httpx.AsyncClient, merchant: MerchantCredentials
+) -> None:
+    body = json.dumps(payment_body(merchant.merchant_id)).encode()
+    padded = body + b" " * (MAX_BODY - len(body))
+
+    response = await client.post(
+        PROCESS, content=padded, headers={**merchant.headers, "Content-Type": "application/json"}
+    )
+
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("path", ["/nowhere", "/api/v1/refunds", "/api/v1/payments/a/b/c"])
+async def test_unknown_routes_are_a_404_problem(client: httpx.AsyncClient, path: str) -> None:
+    response = await client.get(path)
+
+    assert_problem(response, 404, "not_found")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("PUT", PROCESS),
+        ("DELETE", payment_url("txn_00000000000000000000000000000abc")),
+        ("GET", refund_url("txn_00000000000000000000000000000abc")),
+    ],
+)
+async def test_wrong_methods_are_a_405_problem(
+    client: httpx.AsyncClient, merchant: MerchantCredentials, method: str, path: str
+) -> None:
+    response = await client.request(method, path, headers=merchant.headers)
+
+    assert_problem(response, 405, "method_not_allowed")
+    assert response.headers.get("Allow")
+
+
+# --- 500 --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def json_log() -> Any:
+    """The service's JSON log lines, as its stdout handler would write them."""
+    stream = io.StringIO()
+    handler = build_handler(Settings(_env_file=None, environment="test"), stream=stream)  # type: ignore[call-arg]
+    root = logging.getLogger()
+    root.addHandler(handler)
+    yield stream
+    root.removeHandler(handler)
+
+
+def log_lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+
+
+LEAKY_MESSAGE = (
+    "INSERT INTO transactions (card_number) VALUES ('4242424242424242') -- password=hunter2"
+)
+
+
+def assert_nothing_internal(response: httpx.Response) -> None:
+    for secret in ("INSERT", "hunter2", "4242424242424242", "Traceback", "RuntimeError", ".py"):
+        assert secret not in response.text
+
+
+async def test_an_unexpected_failure_is_a_500_that_keeps_nothing(
+    client: httpx.AsyncClient,
+    merchant: MerchantCredentials,
+    engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    json_log: io.StringIO,
+) -> None:
+    complete = IdempotencyClaim.complete
+
+    async def complete_then_fail(self: IdempotencyClaim, uow: Any, **kwargs: Any) -> None:
+        await complete(self, uow, **kwargs)  # the payment's rows are flushed by now
+        raise RuntimeError(LEAKY_MESSAGE)
+
+    monkeypatch.setattr(IdempotencyClaim, "complete", complete_then_fail)
+    correlation_id = f"defect-{uuid.uuid4().hex[:8]}"
+
+    response = await client.post(
+        PROCESS,
+        json=payment_body(merchant.merchant_id),
+        headers={
+            **merchant.headers,
+            "Idempotency-Key": "defect-1",
+            "X-Correlation-ID": correlation_id,
+        },
+    )
+
+    problem = assert_problem(response, 500, "internal_error")
+    assert problem["correlation_id"] == correlation_id
+    assert_nothing_internal(response)
+    for table in ("transactions", "outbox_events", "refunds"):
+        assert await count(engine, f"SELECT count(*) FROM {table}") == 0, table
+    # No response was stored for the key: a retry can never replay a payment that was not kept.
+    assert (
+        await count(engine, "SELECT count(*) FROM idempotency_keys WHERE state = 'completed'") == 0
+    )
+    assert (
+        await count(engine, "SELECT count(*) FROM audit_log WHERE action = 'payment.process'") == 0
+    )
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.exc_info]
+    assert errors, "the failure was not logged with its traceback"
+    logged = [line for line in log_lines(json_log) if line["level"] == "ERROR"]
+    assert any(line["correlation_id"] == correlation_id for line in logged), logged
+
+
+async def test_an_unexpected_failure_during_a_refund_changes_no_balance(
+    client: httpx.AsyncClient,
+    merchant: MerchantCredentials,
+    engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    txn = (await pay(client, merchant, amount="50.00")).json()["transaction_id"]
+
+    def broken_event(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(LEAKY_MESSAGE)
+
+    monkeypatch.setattr(payment_services, "refund_event", broken_event)
+
+    response = await client.post(
+        refund_url(txn), json={"amount": "20.00"}, headers=merchant.headers
+    )
+
+    assert_problem(response, 500, "internal_error")
+    assert_nothing_internal(response)
+    monkeypatch.undo()
+    payment = (await client.get(payment_url(txn), headers=merchant.headers)).json()
+    assert payment["status"] == "captured"
+    assert payment["refunded_amount"] == "0.00"
+    assert payment["refunds"] == []
+    assert await count(engine, "SELECT count(*) FROM refunds") == 0
+    assert await count(engine, "SELECT count(*) FROM outbox_events") == 1  # the capture's only
+
+
+async def test_a_500_without_a_correlation_id_still_carries_a_fresh_one(
+    client: httpx.AsyncClient, merchant: MerchantCredentials, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(LEAKY_MESSAGE)
+
+    monkeypatch.setattr(payment_routes, "get_payment", broken)
+
+    response = await client.get(
+        payment_url("txn_00000000000000000000000000000abc"), headers=merchant.headers
+    )
+
+    problem = assert_problem(response, 500, "internal_error")
+    assert uuid.UUID(problem["correlation_id"])
+    assert_nothing_internal(response)

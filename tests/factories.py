@@ -9,10 +9,10 @@ import factory
 
 from app.adapters.db.models import ApiKey, Merchant, Refund, Transaction
 from app.adapters.vault import (
-    CardVault,
     DEVELOPMENT_FINGERPRINT_KEY,
     DEVELOPMENT_KEY_ID,
     DEVELOPMENT_KEYS_SPEC,
+    CardVault,
 )
 
 VAULT = CardVault.from_config(

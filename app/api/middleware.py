@@ -32,10 +32,6 @@ def correlation_middleware_options() -> dict[str, object]:
     }
 
 
-class _BodyTooLargeError(Exception):
-    pass
-
-
 class BodySizeLimitMiddleware:
     """Answers 413 for bodies over the limit, by Content-Length or by counting the stream."""
 
@@ -56,29 +52,29 @@ class BodySizeLimitMiddleware:
                 if declared > self.max_bytes:
                     await self._reject(scope, receive, send)
                     return
+        # Read the whole (bounded) body before the app sees it: an overflow signalled from
+        # inside receive() would be swallowed by the framework's body parsing.
+        messages: list[Message] = []
         received = 0
-        started = False
-
-        async def counting_receive() -> Message:
-            nonlocal received
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _BodyTooLargeError
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _BodyTooLargeError:
-            if not started:
+            if message["type"] != "http.request":
+                messages.append(message)
+                break
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
                 await self._reject(scope, receive, send)
+                return
+            messages.append(message)
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> Message:
+            if messages:
+                return messages.pop(0)
+            return await receive()
+
+        await self.app(scope, replay, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = problem_body(
@@ -113,8 +109,6 @@ class UnexpectedErrorMiddleware:
 
         try:
             await self.app(scope, receive, tracking_send)
-        except _BodyTooLargeError:
-            raise
         except Exception:
             logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if started:

@@ -151,9 +151,12 @@ async def _on_request_validation(request: Request, exc: Exception) -> Response:
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
-        exc.status_code, "internal_error"
-    )
+    code = {
+        400: "malformed_json",
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "payload_too_large",
+    }.get(exc.status_code, "validation_error" if 400 <= exc.status_code < 500 else "internal_error")
     detail = exc.detail if isinstance(exc.detail, str) else _TITLES[code]
     body = problem_body(code=code, title=_TITLES[code], detail=detail)
     body["status"] = exc.status_code

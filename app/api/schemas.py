@@ -51,7 +51,24 @@ def _check_amount_without_currency(value: Decimal | str) -> None:
         raise InvalidAmount(f"Amount must not exceed {MAX_MAJOR_UNITS}.")
 
 
+def _contains_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_contains_nul(v) for v in value)
+    return False
+
+
+# PostgreSQL stores no NUL character in text or JSONB: refuse it up front, before the bank
+# is asked anything, instead of failing at the INSERT after an approval.
+NoNul = StringConstraints(pattern=r"^[^\x00]*$")
+
+
 def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    if _contains_nul(value):
+        raise ValueError("metadata must not contain NUL characters")
     if len(value) > METADATA_MAX_KEYS:
         raise ValueError(f"metadata may have at most {METADATA_MAX_KEYS} keys")
     if len(dump_json(value).encode()) > METADATA_MAX_BYTES:
@@ -70,7 +87,7 @@ class CardData(_Strict):
     expiry_month: Annotated[int, Field(ge=1, le=12, strict=True)]
     expiry_year: Annotated[int, Field(ge=2000, le=2100, strict=True)]
     cvv: Annotated[str, StringConstraints(pattern=r"^[0-9]{3,4}$")]
-    cardholder_name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    cardholder_name: Annotated[str, StringConstraints(min_length=1, max_length=100), NoNul]
 
     @field_validator("card_number")
     @classmethod
@@ -107,13 +124,13 @@ class PaymentRequest(_Strict):
         },
     )
 
-    merchant_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    merchant_id: Annotated[str, StringConstraints(min_length=1, max_length=64), NoNul]
     # currency is validated first so the amount's decimals can be checked against it.
     currency: Annotated[str, Field(description="ISO 4217 alpha-3, any case.", examples=["USD"])]
     amount: Amount
     payment_method: Literal["credit_card", "debit_card"]
     card_data: CardData
-    description: Annotated[str | None, StringConstraints(max_length=500)] = None
+    description: Annotated[str | None, StringConstraints(max_length=500), NoNul] = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     _money: Money = PrivateAttr()
@@ -175,7 +192,7 @@ class RefundRequestBody(_Strict):
     )
 
     amount: Amount | None = None
-    reason: Annotated[str | None, StringConstraints(max_length=500)] = None
+    reason: Annotated[str | None, StringConstraints(max_length=500), NoNul] = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("amount", mode="before")
@@ -386,6 +403,19 @@ class HealthResponse(BaseModel):
     status: Literal["healthy", "degraded", "unhealthy"]
     version: str
     checks: dict[str, HealthCheck]
+
+
+class LivenessResponse(BaseModel):
+    """GET /health/live."""
+
+    status: Literal["alive"]
+
+
+class ReadinessResponse(BaseModel):
+    """GET /health/ready: ready, draining, or unavailable (with the database check)."""
+
+    status: Literal["ready", "draining", "unavailable"]
+    database: HealthCheck | None = None
 
 
 class ServiceInfo(BaseModel):

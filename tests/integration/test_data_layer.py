@@ -271,8 +271,8 @@ async def test_audit_log_is_append_only_in_the_database(
 
 
 async def test_outbox_claims_skip_rows_locked_by_another_relay(uow_factory: UowFactory) -> None:
-    from app.services.events import payment_outcome_event
     from app.domain.events import EventType
+    from app.services.events import payment_outcome_event
 
     await _seed_merchant(uow_factory)
     now = datetime.now(UTC)

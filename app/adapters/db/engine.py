@@ -22,6 +22,8 @@ def build_engine(settings: Settings, *, application_name: str = "payment-service
         pool_timeout=settings.db_pool_timeout_s,
         pool_recycle=settings.db_pool_recycle_s,
         pool_pre_ping=True,
+        # Bound values (ciphertexts, fingerprints, metadata) never reach an error message.
+        hide_parameters=True,
         json_serializer=dump_json,
         json_deserializer=load_json,
         connect_args={

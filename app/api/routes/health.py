@@ -11,7 +11,12 @@ from sqlalchemy import text
 from starlette.responses import JSONResponse
 
 from app.api.deps import Runtime, RuntimeDep
-from app.api.schemas import HealthResponse, ServiceInfo
+from app.api.schemas import (
+    HealthResponse,
+    LivenessResponse,
+    ReadinessResponse,
+    ServiceInfo,
+)
 
 router = APIRouter(tags=["health"])
 
@@ -96,7 +101,7 @@ async def health(runtime: RuntimeDep) -> JSONResponse:
     )
 
 
-@router.get("/health/live", summary="Liveness")
+@router.get("/health/live", summary="Liveness", response_model=LivenessResponse)
 async def live() -> dict[str, str]:
     """200 while the process serves requests."""
     return {"status": "alive"}
@@ -105,7 +110,8 @@ async def live() -> dict[str, str]:
 @router.get(
     "/health/ready",
     summary="Readiness",
-    responses={503: {"description": "Draining, or the database is unreachable."}},
+    response_model=ReadinessResponse,
+    responses={503: {"model": ReadinessResponse, "description": "Draining, or no database."}},
 )
 async def ready(runtime: RuntimeDep) -> JSONResponse:
     """503 while draining or when the database cannot be reached."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,7 +22,12 @@ from app.api.schemas import (
     RefundResponse,
 )
 from app.core.jsoncodec import dump_json
-from app.domain.errors import BankUnavailable, MerchantInactive, PaymentServiceError
+from app.domain.errors import (
+    BankUnavailable,
+    MerchantInactive,
+    PaymentNotFound,
+    PaymentServiceError,
+)
 from app.services import idempotency
 from app.services.idempotency import IdempotencyClaim, StoredResponse
 from app.services.payments import (
@@ -38,8 +44,17 @@ from app.services.payments import (
 router = APIRouter(prefix="/api/v1/payments", tags=["payments"], route_class=ExactJsonRoute)
 
 TransactionIdPath = Path(
-    min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_]+$", examples=["txn_0f1e2d3c4b5a6978"]
+    description="The payment's id; anything that is not one of yours answers 404.",
+    examples=["txn_0f1e2d3c4b5a69788796a5b4c3d2e1f0"],
 )
+_TRANSACTION_ID_SHAPE = re.compile(r"^txn_[0-9a-f]{32}$")
+
+
+def _known_shape(transaction_id: str) -> str:
+    # A malformed id is just an unknown one (SPEC: 404), answered without a query.
+    if not _TRANSACTION_ID_SHAPE.fullmatch(transaction_id):
+        raise PaymentNotFound
+    return transaction_id
 
 
 def _problem(description: str) -> dict[str, Any]:
@@ -193,7 +208,10 @@ async def read(
     if not merchant.active:
         raise MerchantInactive
     return _json(
-        200, await get_payment(runtime.services, merchant=merchant, transaction_id=transaction_id)
+        200,
+        await get_payment(
+            runtime.services, merchant=merchant, transaction_id=_known_shape(transaction_id)
+        ),
     )
 
 
@@ -221,7 +239,7 @@ async def refund(
         raise MerchantInactive
     body = body or RefundRequestBody()
     command = RefundPayment(
-        transaction_id=transaction_id,
+        transaction_id=_known_shape(transaction_id),
         amount=body.amount if not isinstance(body.amount, str) else None,
         reason=body.reason,
         metadata=body.metadata,

@@ -14,7 +14,7 @@ from app.adapters.bank import build_bank_gateway
 from app.adapters.db.engine import build_engine, build_session_factory
 from app.adapters.db.notifications import CacheInvalidationListener
 from app.adapters.db.unit_of_work import UnitOfWork
-from app.adapters.messaging.base import OutboxOnlyPublisher
+from app.adapters.messaging import KafkaOutboxRelay, build_event_publisher
 from app.adapters.vault import CardVault
 from app.api.deps import Runtime
 from app.api.middleware import (
@@ -54,11 +54,15 @@ def build_runtime(settings: Settings) -> Runtime:
     """Wire the adapters for one worker process."""
     engine = build_engine(settings)
     session_factory = build_session_factory(engine)
+
+    def uow_factory() -> UnitOfWork:
+        return UnitOfWork(session_factory)
+
     services = ServiceContext(
-        uow_factory=lambda: UnitOfWork(session_factory),
+        uow_factory=uow_factory,
         bank=build_bank_gateway(settings),
         vault=build_vault(settings),
-        publisher=OutboxOnlyPublisher(),
+        publisher=build_event_publisher(settings, uow_factory),
     )
     fingerprint_key = settings.card_fingerprint_key.get_secret_value().encode()
     return Runtime(
@@ -98,11 +102,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         listener.start()
         app.state.runtime = runtime
+        publisher = runtime.services.publisher
+        relay = publisher if isinstance(publisher, KafkaOutboxRelay) else None
+        if relay is not None:
+            await relay.start()
         try:
             yield
         finally:
             runtime.draining = True
             await listener.stop()
+            if relay is not None:
+                await relay.stop()
             await runtime.services.bank.aclose()
             await runtime.engine.dispose()
             logger.info("stopped: pools closed")

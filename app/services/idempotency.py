@@ -108,9 +108,7 @@ async def claim_or_replay(
             raise IdempotencyKeyReused
         if existing.state != "completed" or existing.response_body is None:
             raise IdempotencyInProgress
-        return StoredResponse(
-            status=existing.response_status or 200, body=existing.response_body
-        )
+        return StoredResponse(status=existing.response_status or 200, body=existing.response_body)
 
 
 async def release(ctx: ServiceContext, claim: IdempotencyClaim) -> None:

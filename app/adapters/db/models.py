@@ -218,7 +218,11 @@ class IdempotencyKey(Base):
 
 
 class OutboxEvent(Base):
-    """An event written with the state change it describes, published to Kafka afterwards."""
+    """An event written with the state change it describes, published to Kafka afterwards.
+
+    ``claimed_by``/``claimed_until`` are a publisher's lease on the row while it is on its
+    way to Kafka (see :mod:`app.adapters.messaging.kafka`); an expired lease is free again.
+    """
 
     __tablename__ = "outbox_events"
     __table_args__ = (
@@ -242,6 +246,8 @@ class OutboxEvent(Base):
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
+    claimed_by: Mapped[str | None] = mapped_column(Text)
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class AuditLogEntry(Base):

@@ -6,14 +6,15 @@ They speak in ORM rows and never commit; the unit of work owns the transaction.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, delete, func, select, update
+from sqlalchemy import case, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import aliased, selectinload
 
 from app.adapters.db.models import (
     ApiKey,
@@ -248,7 +249,11 @@ class OutboxRepository:
         self._session.add(event)
 
     async def claim_pending(self, *, limit: int) -> list[OutboxEvent]:
-        """Lock up to ``limit`` pending events, oldest first, skipping ones another relay holds."""
+        """Lock up to ``limit`` pending events, oldest first, skipping ones another relay holds.
+
+        The lock lasts as long as the transaction and ignores leases: publishers use
+        :meth:`claim`, which holds no transaction across the Kafka round trip.
+        """
         stmt = (
             select(OutboxEvent)
             .where(OutboxEvent.published_at.is_(None))
@@ -268,11 +273,93 @@ class OutboxRepository:
         )
         return list((await self._session.execute(stmt)).scalars())
 
+    async def claim(
+        self,
+        *,
+        claimer: str,
+        lease: timedelta,
+        limit: int,
+        event_ids: Sequence[uuid.UUID] | None = None,
+        min_age: timedelta | None = None,
+    ) -> list[OutboxEvent]:
+        """Lease up to ``limit`` publishable events to ``claimer``, oldest first.
+
+        Publishable: unpublished, not leased (or the lease ran out), not locked by another
+        claim running right now, and every older unpublished event of the same aggregate
+        is in this same claim -- so no two publishers ever hold events of one transaction
+        at once, and each publishes a transaction's events in order. With ``event_ids``
+        only those events are considered (the request path publishing its own events);
+        with ``min_age`` only events created at least that long ago (the relay leaves the
+        newest to the requests that wrote them). Commit promptly: the rows stay locked
+        until the transaction ends.
+        """
+        now = func.now()
+        conditions = [
+            OutboxEvent.published_at.is_(None),
+            or_(OutboxEvent.claimed_until.is_(None), OutboxEvent.claimed_until < now),
+        ]
+        if event_ids is not None:
+            conditions.append(OutboxEvent.event_id.in_(list(event_ids)))
+        if min_age is not None:
+            conditions.append(OutboxEvent.created_at <= now - min_age)
+        candidates = (
+            select(OutboxEvent.id, OutboxEvent.aggregate_id)
+            .where(*conditions)
+            .order_by(OutboxEvent.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .cte("candidates")
+            .prefix_with("MATERIALIZED")
+        )
+        older = aliased(OutboxEvent, name="older")
+        held_elsewhere = (
+            select(older.id)
+            .where(
+                older.aggregate_id == candidates.c.aggregate_id,
+                older.published_at.is_(None),
+                older.id < candidates.c.id,
+                older.id.not_in(select(candidates.c.id)),
+            )
+            .exists()
+        )
+        claimable = select(candidates.c.id).where(~held_elsewhere)
+        stmt = (
+            update(OutboxEvent)
+            .where(OutboxEvent.id.in_(claimable))
+            .values(claimed_by=claimer, claimed_until=now + lease)
+            .returning(OutboxEvent)
+            .execution_options(synchronize_session=False, populate_existing=True)
+        )
+        claimed = list((await self._session.execute(stmt)).scalars())
+        return sorted(claimed, key=lambda event: event.id)
+
+    async def release(self, ids: list[int], *, claimer: str, error: str | None) -> None:
+        """Give back ``claimer``'s lease on unpublished events; ``error`` counts an attempt.
+
+        A lease that ran out and was taken by another publisher is left alone.
+        """
+        if not ids:
+            return
+        values: dict[str, Any] = {"claimed_by": None, "claimed_until": None}
+        if error is not None:
+            values |= {"attempts": OutboxEvent.attempts + 1, "last_error": error[:1000]}
+        await self._session.execute(
+            update(OutboxEvent)
+            .where(
+                OutboxEvent.id.in_(ids),
+                OutboxEvent.claimed_by == claimer,
+                OutboxEvent.published_at.is_(None),
+            )
+            .values(**values)
+        )
+
     async def mark_published(self, ids: list[int], *, at: datetime) -> None:
-        """Record successful publication."""
+        """Record successful publication (the first one wins) and drop the lease."""
         if ids:
             await self._session.execute(
-                update(OutboxEvent).where(OutboxEvent.id.in_(ids)).values(published_at=at)
+                update(OutboxEvent)
+                .where(OutboxEvent.id.in_(ids), OutboxEvent.published_at.is_(None))
+                .values(published_at=at, claimed_until=None)
             )
 
     async def record_failure(self, ids: list[int], *, error: str) -> None:

@@ -6,6 +6,7 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI
@@ -63,6 +64,8 @@ def build_runtime(settings: Settings) -> Runtime:
         bank=build_bank_gateway(settings),
         vault=build_vault(settings),
         publisher=build_event_publisher(settings, uow_factory),
+        idempotency_lock=timedelta(seconds=settings.idempotency_lock_timeout_s),
+        idempotency_keep=timedelta(seconds=settings.idempotency_ttl_s),
     )
     fingerprint_key = settings.card_fingerprint_key.get_secret_value().encode()
     return Runtime(

@@ -270,29 +270,6 @@ async def test_audit_log_is_append_only_in_the_database(
         assert [r.outcome for r in rows] == ["success"]
 
 
-async def test_outbox_claims_skip_rows_locked_by_another_relay(uow_factory: UowFactory) -> None:
-    from app.domain.events import EventType
-    from app.services.events import payment_outcome_event
-
-    await _seed_merchant(uow_factory)
-    now = datetime.now(UTC)
-    async with uow_factory() as uow:
-        for _ in range(4):
-            txn = TransactionFactory()
-            uow.payments.add(txn)
-            uow.outbox.add(
-                payment_outcome_event(txn, event_type=EventType.PAYMENT_CAPTURED, occurred_at=now)
-            )
-        await uow.commit()
-    async with uow_factory() as first, uow_factory() as second:
-        mine = await first.outbox.claim_pending(limit=2)
-        theirs = await second.outbox.claim_pending(limit=10)
-        assert len(mine) == 2 and len(theirs) == 2
-        assert {e.id for e in mine}.isdisjoint({e.id for e in theirs})
-        backlog = await first.outbox.backlog()
-        assert backlog.pending == 4
-
-
 async def test_merchant_must_accept_a_currency(uow_factory: UowFactory) -> None:
     with pytest.raises(IntegrityError, match="accepts_a_currency"):
         async with uow_factory() as uow:

@@ -248,31 +248,6 @@ class OutboxRepository:
         """Stage an event with the change it describes."""
         self._session.add(event)
 
-    async def claim_pending(self, *, limit: int) -> list[OutboxEvent]:
-        """Lock up to ``limit`` pending events, oldest first, skipping ones another relay holds.
-
-        The lock lasts as long as the transaction and ignores leases: publishers use
-        :meth:`claim`, which holds no transaction across the Kafka round trip.
-        """
-        stmt = (
-            select(OutboxEvent)
-            .where(OutboxEvent.published_at.is_(None))
-            .order_by(OutboxEvent.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        return list((await self._session.execute(stmt)).scalars())
-
-    async def pending_for(self, event_ids: list[uuid.UUID]) -> list[OutboxEvent]:
-        """These events if still unpublished, locked, skipping ones a relay is publishing."""
-        stmt = (
-            select(OutboxEvent)
-            .where(OutboxEvent.event_id.in_(event_ids), OutboxEvent.published_at.is_(None))
-            .order_by(OutboxEvent.id)
-            .with_for_update(skip_locked=True)
-        )
-        return list((await self._session.execute(stmt)).scalars())
-
     async def claim(
         self,
         *,

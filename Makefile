@@ -57,6 +57,21 @@ format: install ## Apply ruff's fixes and formatting
 bank-expectations: install ## Regenerate deploy/mockserver/expectations.json from the test-card table
 	@$(UV) run --frozen python scripts/generate_bank_expectations.py
 
+# --- Documentation -------------------------------------------------------------------------
+# The diagram targets need Java 11+ and, for the first PlantUML download only, Maven.
+
+.PHONY: openapi
+openapi: install ## Export the app's OpenAPI document to docs/openapi.json (sorted keys; a unit test compares it)
+	@$(UV) run --frozen python scripts/export_openapi.py
+
+.PHONY: diagrams
+diagrams: ## Render docs/architecture/*.puml to SVG with the pinned PlantUML (smetana layout, no Graphviz)
+	@bash scripts/render_diagrams.sh
+
+.PHONY: diagrams-check
+diagrams-check: ## Fail if a diagram no longer renders or a committed SVG differs from a fresh render
+	@bash scripts/render_diagrams.sh --check
+
 # --- API tests and Docker ------------------------------------------------------------------
 # Docker targets need a Docker engine with Compose v2.24+. `docker-config` does not: it uses
 # the static Compose binary and hadolint from the dev dependencies.

@@ -73,7 +73,7 @@ IdempotencyKeyHeader = Annotated[
         alias="Idempotency-Key",
         min_length=1,
         max_length=255,
-        pattern=r"^[\x21-\x7e]+$",
+        pattern=r"^[\x20-\x7e]+$",
         description="Retry-safe key (1-255 printable ASCII), scoped to the merchant, kept 24 h.",
     ),
 ]

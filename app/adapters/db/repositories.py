@@ -121,15 +121,6 @@ class RefundRepository:
         """Stage a new refund."""
         self._session.add(refund)
 
-    async def list_for(self, transaction_id: str) -> list[Refund]:
-        """A payment's refunds, oldest first."""
-        stmt = (
-            select(Refund)
-            .where(Refund.transaction_id == transaction_id)
-            .order_by(Refund.created_at, Refund.refund_id)
-        )
-        return list((await self._session.execute(stmt)).scalars())
-
 
 class IdempotencyRepository:
     """Idempotency keys: an atomic claim, then the stored response."""
@@ -335,15 +326,6 @@ class OutboxRepository:
                 update(OutboxEvent)
                 .where(OutboxEvent.id.in_(ids), OutboxEvent.published_at.is_(None))
                 .values(published_at=at, claimed_until=None)
-            )
-
-    async def record_failure(self, ids: list[int], *, error: str) -> None:
-        """Count a failed publication attempt."""
-        if ids:
-            await self._session.execute(
-                update(OutboxEvent)
-                .where(OutboxEvent.id.in_(ids))
-                .values(attempts=OutboxEvent.attempts + 1, last_error=error[:1000])
             )
 
     async def backlog(self) -> OutboxBacklog:

@@ -77,12 +77,16 @@ def problem_body(
 
 def render_error(error: PaymentServiceError) -> tuple[int, dict[str, Any]]:
     """The (status, body) for a domain error: used for responses and idempotent replays."""
+    extra = dict(error.extra)
+    if isinstance(error, BankUnavailable):
+        # Kept in the body so that a replay repeats the same Retry-After.
+        extra["retry_after_s"] = error.retry_after_s
     body = problem_body(
         code=error.code,
         title=error.title,
         detail=error.detail,
         errors=error.errors,
-        extra=error.extra,
+        extra=extra,
     )
     return body["status"], body
 

@@ -369,7 +369,12 @@ class Problem(BaseModel):
     code: str
     correlation_id: str | None = None
     errors: list[FieldError] | None = None
-    transaction_id: str | None = None
+    transaction_id: str | None = Field(
+        default=None, description="With `bank_unavailable`: the payment recorded as failed."
+    )
+    retry_after_s: int | None = Field(
+        default=None, description="With `bank_unavailable`: the same value as `Retry-After`."
+    )
 
 
 class HealthCheck(BaseModel):

@@ -203,7 +203,8 @@ class BankUnavailable(PaymentServiceError):
     code: ClassVar[str] = "bank_unavailable"
     title: ClassVar[str] = "Bank unavailable"
     default_detail: ClassVar[str] = (
-        "The card issuer could not be reached. The payment was not charged; retry later."
+        "The bank gave no answer; the attempt is recorded as failed. "
+        "Retry later with a new Idempotency-Key."
     )
 
     def __init__(

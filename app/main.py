@@ -11,11 +11,12 @@ from datetime import timedelta
 from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI
 
-from app.adapters.bank import build_bank_gateway
+from app.adapters.bank import HttpBankGateway, build_bank_gateway
 from app.adapters.db.engine import build_engine, build_session_factory
 from app.adapters.db.notifications import CacheInvalidationListener
 from app.adapters.db.unit_of_work import UnitOfWork
 from app.adapters.messaging import KafkaOutboxRelay, build_event_publisher
+from app.adapters.metrics import MetricsReporter, PaymentMetrics
 from app.adapters.vault import CardVault
 from app.api.deps import Runtime
 from app.api.middleware import (
@@ -27,6 +28,7 @@ from app.api.problems import install_problem_handlers
 from app.api.routes import health, payments
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
+from app.core.tracing import configure_tracing, log_tracing_state
 from app.services.auth import Authenticator
 from app.services.context import ServiceContext
 
@@ -59,13 +61,21 @@ def build_runtime(settings: Settings) -> Runtime:
     def uow_factory() -> UnitOfWork:
         return UnitOfWork(session_factory)
 
+    metrics = PaymentMetrics.from_settings(settings)
+    bank = build_bank_gateway(settings)
+    if isinstance(bank, HttpBankGateway):
+        bank.report_metrics_to(metrics)
+    publisher = build_event_publisher(settings, uow_factory)
+    if isinstance(publisher, KafkaOutboxRelay):
+        publisher.report_metrics_to(metrics)
     services = ServiceContext(
         uow_factory=uow_factory,
-        bank=build_bank_gateway(settings),
+        bank=bank,
         vault=build_vault(settings),
-        publisher=build_event_publisher(settings, uow_factory),
+        publisher=publisher,
         idempotency_lock=timedelta(seconds=settings.idempotency_lock_timeout_s),
         idempotency_keep=timedelta(seconds=settings.idempotency_ttl_s),
+        metrics=metrics,
     )
     fingerprint_key = settings.card_fingerprint_key.get_secret_value().encode()
     return Runtime(
@@ -84,6 +94,8 @@ def build_runtime(settings: Settings) -> Runtime:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the ASGI application."""
     settings = settings or get_settings()
+    # First: the FastAPI integration must be patched in before the app below is built.
+    configure_tracing(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -100,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.environment.value,
             "http" if settings.bank_api_url else "in-process simulator",
         )
+        log_tracing_state(settings)
         listener = CacheInvalidationListener(
             settings.database_url, runtime.authenticator.invalidate_all
         )
@@ -109,15 +122,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         relay = publisher if isinstance(publisher, KafkaOutboxRelay) else None
         if relay is not None:
             await relay.start()
+        reporter = MetricsReporter(
+            runtime.services.metrics,
+            bank=runtime.services.bank,
+            uow_factory=runtime.services.uow_factory,
+            interval_s=settings.metrics_report_interval_s,
+        )
+        reporter.start()
         try:
             yield
         finally:
             runtime.draining = True
+            await reporter.stop()
             await listener.stop()
             if relay is not None:
                 await relay.stop()
             await runtime.services.bank.aclose()
             await runtime.engine.dispose()
+            runtime.services.metrics.close()
             logger.info("stopped: pools closed")
 
     app = FastAPI(

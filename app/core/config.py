@@ -92,11 +92,15 @@ class Settings(BaseSettings):
     idempotency_lock_timeout_s: int = Field(default=60, ge=1)
     cache_ttl_s: float = Field(default=30.0, ge=0)
 
-    # Observability.
+    # Observability. ddtrace reads its own variables (DD_TRACE_AGENT_URL or DD_AGENT_HOST,
+    # DD_DATA_STREAMS_ENABLED, DD_DBM_PROPAGATION_MODE, ...) from the process environment;
+    # these are the ones the service itself acts on (see docs/observability.md).
     tracing_enabled: bool = Field(default=False, alias="DD_TRACE_ENABLED")
+    dd_env: str | None = Field(default=None, alias="DD_ENV")
     dogstatsd_host: str | None = Field(default=None, alias="DD_AGENT_HOST")
     dogstatsd_port: int = Field(default=8125, alias="DD_DOGSTATSD_PORT")
     metrics_enabled: bool = False
+    metrics_report_interval_s: float = Field(default=10.0, gt=0)
 
     @model_validator(mode="after")
     def _refuse_development_secrets_in_production(self) -> Self:
@@ -115,6 +119,11 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("refusing to start in production: " + "; ".join(problems))
         return self
+
+    @property
+    def datadog_env(self) -> str:
+        """The ``env`` tag on traces, logs and metrics: DD_ENV, else the APP_ENV profile."""
+        return self.dd_env or self.environment.value
 
     @property
     def sync_database_url(self) -> str:

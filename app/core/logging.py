@@ -1,8 +1,12 @@
 """Structured JSON logs on stdout, one object per line.
 
 Every line carries the correlation id, the Datadog trace and span ids, and the service,
-env and version, so a log line leads to its request and its trace. A last-resort filter
-masks anything shaped like a card number, in case a message ever carries one.
+env and version, so a log line leads to its request and its trace. The trace id is written
+the way ddtrace's own log injection writes it (:meth:`Tracer.get_log_correlation_context`):
+32 hex digits for a 128-bit trace id, decimal for a 64-bit one; Datadog links either form
+to the trace. A last-resort filter masks anything shaped like a card number (a standalone
+run of 12-19 digits, optionally split by spaces or dashes, that passes the Luhn check), in
+case a message ever carries one.
 """
 
 from __future__ import annotations
@@ -10,31 +14,68 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
 
 from asgi_correlation_id.context import correlation_id
 from pythonjsonlogger.json import JsonFormatter
 
 from app.core.config import Settings
+from app.core.tracing import active_tracer
+from app.domain.cards import luhn_valid
 
-# 12-19 digits, optionally split by spaces or dashes: the shapes SPEC accepts as card input.
-_PAN_LIKE = re.compile(r"(?<!\d)(?:\d[ -]?){11,18}\d(?!\d)")
+if TYPE_CHECKING:
+    from ddtrace.trace import Tracer
+
+# 12-19 digits, optionally split by spaces or dashes (the shapes SPEC accepts as card
+# input), standing alone: not part of a longer run of letters and digits such as a hex id.
+_PAN_LIKE: Final = re.compile(r"(?<![0-9A-Za-z])(?:\d[ -]?){11,18}\d(?![0-9A-Za-z])")
+
+NOT_MASKED: Final = frozenset(
+    {
+        "timestamp",
+        "level",
+        "logger",
+        "correlation_id",
+        "dd.trace_id",
+        "dd.span_id",
+        "dd.service",
+        "dd.env",
+        "dd.version",
+    }
+)
+"""Fields the service writes itself and that never hold card data (a decimal span id
+could otherwise pass for a card number one time in ten)."""
+
+QUIET_LOGGERS: Final = ("aiokafka",)
+"""Libraries that log every reconnection attempt at ERROR while a dependency is down; the
+service reports that state itself (the outbox relay's warnings), so only CRITICAL passes."""
+
+
+def _mask_match(match: re.Match[str]) -> str:
+    digits = match.group().replace(" ", "").replace("-", "")
+    return "[REDACTED]" if luhn_valid(digits) else match.group()
 
 
 def _mask_pans(text: str) -> str:
-    return _PAN_LIKE.sub(lambda m: "[REDACTED]", text)
+    return _PAN_LIKE.sub(_mask_match, text)
+
+
+def _tracer() -> Tracer | None:
+    tracer = active_tracer()
+    if tracer is None and "ddtrace.trace" in sys.modules:
+        # Traced by someone else (ddtrace-run): still correlate.
+        tracer = sys.modules["ddtrace.trace"].tracer
+    return tracer
 
 
 def _current_trace_ids() -> tuple[str, str]:
     """The active Datadog trace and span ids, or "0" when nothing is traced."""
-    try:
-        from ddtrace.trace import tracer
-    except ImportError:  # pragma: no cover - ddtrace is a hard dependency
+    tracer = _tracer()
+    if tracer is None:
         return "0", "0"
-    span = tracer.current_span()
-    if span is None:
-        return "0", "0"
-    return str(span.trace_id & 0xFFFFFFFFFFFFFFFF), str(span.span_id)
+    context = tracer.get_log_correlation_context()
+    return context["dd.trace_id"], context["dd.span_id"]
 
 
 class ContextFilter(logging.Filter):
@@ -66,9 +107,13 @@ class ContextFilter(logging.Filter):
 
 
 class _Formatter(JsonFormatter):
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        # ISO 8601 in UTC, which Datadog's date remapper reads as is.
+        return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+
     def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
         for key, value in list(log_data.items()):
-            if isinstance(value, str) and key != "message":
+            if isinstance(value, str) and key != "message" and key not in NOT_MASKED:
                 log_data[key] = _mask_pans(value)
         return log_data
 
@@ -95,7 +140,7 @@ def build_handler(settings: Settings, stream: Any = None) -> logging.Handler:
     handler.addFilter(
         ContextFilter(
             service=settings.service_name,
-            env=settings.environment.value,
+            env=settings.datadog_env,
             version=settings.version,
         )
     )
@@ -114,3 +159,5 @@ def configure_logging(settings: Settings) -> None:
         uv_logger.handlers.clear()
         uv_logger.propagate = True
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)

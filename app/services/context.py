@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from app.adapters.bank.base import BankGateway
 from app.adapters.db.unit_of_work import UnitOfWork
 from app.adapters.messaging.base import EventPublisher, OutboxOnlyPublisher
+from app.adapters.metrics import PaymentMetrics
 from app.adapters.vault import CardVault
 
 
@@ -28,3 +29,4 @@ class ServiceContext:
     idempotency_lock: timedelta = timedelta(seconds=60)
     idempotency_keep: timedelta = timedelta(hours=24)
     clock: Callable[[], datetime] = utc_now
+    metrics: PaymentMetrics = field(default_factory=PaymentMetrics.disabled)

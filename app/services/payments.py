@@ -32,6 +32,7 @@ from app.services.audit import audit_entry, merchant_actor
 from app.services.context import ServiceContext
 from app.services.events import payment_outcome_event, refund_event
 from app.services.idempotency import IdempotencyClaim
+from app.services.telemetry import FlowSpan, span
 from app.services.views import payment_view, refund_view
 
 logger = logging.getLogger(__name__)
@@ -152,8 +153,36 @@ async def process_payment(
     recorded as ``failed`` and :class:`BankUnavailable` is raised after the commit,
     carrying the transaction id.
     """
+    with span(
+        "payment.process",
+        merchant_id=merchant.merchant_id,
+        currency=command.amount.currency,
+        card_brand=card_brand(command.card.number).value,
+    ) as flow:
+        return await _process_payment(
+            ctx,
+            merchant=merchant,
+            command=command,
+            correlation_id=correlation_id,
+            claim=claim,
+            flow=flow,
+        )
+
+
+async def _process_payment(
+    ctx: ServiceContext,
+    *,
+    merchant: MerchantPrincipal,
+    command: ProcessPayment,
+    correlation_id: str | None,
+    claim: IdempotencyClaim | None,
+    flow: FlowSpan,
+) -> dict[str, Any]:
     try:
-        check_merchant(merchant, merchant_id=command.merchant_id, currency=command.amount.currency)
+        with span("payment.validate_merchant"):
+            check_merchant(
+                merchant, merchant_id=command.merchant_id, currency=command.amount.currency
+            )
     except PaymentServiceError as refusal:
         await record_refusal(
             ctx,
@@ -167,7 +196,11 @@ async def process_payment(
         raise
 
     transaction_id = claim.resource_id if claim else new_transaction_id()
+    flow.tag(transaction_id=transaction_id)
     card = command.card
+    with span("payment.vault"):
+        fingerprint = ctx.vault.fingerprint(card.number)
+        ciphertext = ctx.vault.encrypt(card.number, associated_data=transaction_id.encode())
     now = ctx.clock()
     bank_error: BankUnavailable | None = None
     if is_expired(card.exp_month, card.exp_year, now.date()):
@@ -178,20 +211,24 @@ async def process_payment(
         )
     else:
         try:
-            result = await ctx.bank.authorize(
-                AuthorizationRequest(
-                    transaction_id=transaction_id,
-                    merchant_id=merchant.merchant_id,
-                    amount_minor=command.amount.minor,
-                    currency=command.amount.currency,
-                    card_number=card.number,
-                    cvv=card.cvv,
-                    expiry_month=card.exp_month,
-                    expiry_year=card.exp_year,
-                    cardholder_name=card.holder_name,
-                    correlation_id=correlation_id,
+            with span("payment.authorize") as authorization:
+                result = await ctx.bank.authorize(
+                    AuthorizationRequest(
+                        transaction_id=transaction_id,
+                        merchant_id=merchant.merchant_id,
+                        amount_minor=command.amount.minor,
+                        currency=command.amount.currency,
+                        card_number=card.number,
+                        cvv=card.cvv,
+                        expiry_month=card.exp_month,
+                        expiry_year=card.exp_year,
+                        cardholder_name=card.holder_name,
+                        correlation_id=correlation_id,
+                    )
                 )
-            )
+                authorization.tag(
+                    approved=str(result.approved).lower(), decline_code=result.decline_code
+                )
         except BankUnavailable as exc:
             bank_error = BankUnavailable(
                 exc.detail,
@@ -222,8 +259,8 @@ async def process_payment(
         card_last4=last4(card.number),
         card_exp_month=card.exp_month,
         card_exp_year=card.exp_year,
-        card_fingerprint=ctx.vault.fingerprint(card.number),
-        card_ciphertext=ctx.vault.encrypt(card.number, associated_data=transaction_id.encode()),
+        card_fingerprint=fingerprint,
+        card_ciphertext=ciphertext,
         authorization_code=result.authorization_code if result.approved else None,
         decline_code=result.decline_code if status is PaymentStatus.DECLINED else None,
         decline_message=result.decline_message if status is PaymentStatus.DECLINED else None,
@@ -236,35 +273,44 @@ async def process_payment(
     )
     event = payment_outcome_event(txn, event_type=event_type_for_payment(status), occurred_at=now)
     view = payment_view(txn)
-    async with ctx.uow_factory() as uow:
-        uow.payments.add(txn)
-        uow.outbox.add(event)
-        uow.audit.append(
-            audit_entry(
-                actor=merchant_actor(merchant.merchant_id),
-                action="payment.process",
-                resource_type="payment",
-                resource_id=transaction_id,
-                outcome="failure" if bank_error else "success",
-                correlation_id=correlation_id,
-                occurred_at=now,
-                details={
-                    "status": status.value,
-                    "amount": command.amount.format(),
-                    "currency": command.amount.currency,
-                    "decline_code": txn.decline_code,
-                    "failure_code": txn.failure_code,
-                    "card_brand": txn.card_brand,
-                    "card_last4": txn.card_last4,
-                },
+    with span("payment.persist"):
+        async with ctx.uow_factory() as uow:
+            uow.payments.add(txn)
+            uow.outbox.add(event)
+            uow.audit.append(
+                audit_entry(
+                    actor=merchant_actor(merchant.merchant_id),
+                    action="payment.process",
+                    resource_type="payment",
+                    resource_id=transaction_id,
+                    outcome="failure" if bank_error else "success",
+                    correlation_id=correlation_id,
+                    occurred_at=now,
+                    details={
+                        "status": status.value,
+                        "amount": command.amount.format(),
+                        "currency": command.amount.currency,
+                        "decline_code": txn.decline_code,
+                        "failure_code": txn.failure_code,
+                        "card_brand": txn.card_brand,
+                        "card_last4": txn.card_last4,
+                    },
+                )
             )
-        )
-        if claim is not None:
-            if bank_error is not None:
-                await claim.complete_with_error(uow, bank_error)
-            else:
-                await claim.complete(uow, status=200, body=view)
-        await uow.commit()
+            if claim is not None:
+                if bank_error is not None:
+                    await claim.complete_with_error(uow, bank_error)
+                else:
+                    await claim.complete(uow, status=200, body=view)
+            await uow.commit()
+    flow.tag(status=status.value, decline_code=txn.decline_code, failure_code=txn.failure_code)
+    ctx.metrics.payment_processed(
+        status=status.value,
+        currency=txn.currency,
+        amount_minor=txn.amount_minor,
+        decline_code=txn.decline_code,
+        failure_code=txn.failure_code,
+    )
     logger.info(
         "payment %s for merchant %s: %s",
         transaction_id,
@@ -272,7 +318,8 @@ async def process_payment(
         status.value,
         extra={"transaction_id": transaction_id, "status": status.value},
     )
-    await ctx.publisher.publish_committed([event.event_id])
+    with span("payment.publish"):
+        await ctx.publisher.publish_committed([event.event_id])
     if bank_error is not None:
         raise bank_error
     return view
@@ -302,36 +349,70 @@ async def refund_payment(
     and their sum never exceeds the capture.
     """
     refund_id = claim.resource_id if claim else new_refund_id()
+    with span(
+        "refund.process",
+        merchant_id=merchant.merchant_id,
+        transaction_id=command.transaction_id,
+        refund_id=refund_id,
+    ) as flow:
+        return await _refund_payment(
+            ctx,
+            merchant=merchant,
+            command=command,
+            correlation_id=correlation_id,
+            claim=claim,
+            refund_id=refund_id,
+            flow=flow,
+        )
+
+
+async def _refund_payment(
+    ctx: ServiceContext,
+    *,
+    merchant: MerchantPrincipal,
+    command: RefundPayment,
+    correlation_id: str | None,
+    claim: IdempotencyClaim | None,
+    refund_id: str,
+    flow: FlowSpan,
+) -> dict[str, Any]:
     actor = merchant_actor(merchant.merchant_id)
     bank_error: BankUnavailable | None = None
     try:
         async with ctx.uow_factory() as uow:
-            txn = await _load_for_refund(
-                uow, merchant_id=merchant.merchant_id, transaction_id=command.transaction_id
-            )
-            captured = Money(txn.amount_minor, txn.currency)
-            requested = (
-                Money.from_major(command.amount, txn.currency)
-                if command.amount is not None
-                else None
-            )
-            decision = decide_refund(
-                status=PaymentStatus(txn.status),
-                captured=captured,
-                refunded_minor=txn.refunded_minor,
-                requested=requested,
-            )
-            try:
-                bank_result = await ctx.bank.refund(
-                    RefundRequest(
-                        refund_id=refund_id,
-                        transaction_id=txn.transaction_id,
-                        authorization_code=txn.authorization_code,
-                        amount_minor=decision.amount.minor,
-                        currency=txn.currency,
-                        correlation_id=correlation_id,
-                    )
+            with span("refund.lock"):
+                txn = await _load_for_refund(
+                    uow, merchant_id=merchant.merchant_id, transaction_id=command.transaction_id
                 )
+                flow.tag(currency=txn.currency)
+                captured = Money(txn.amount_minor, txn.currency)
+                requested = (
+                    Money.from_major(command.amount, txn.currency)
+                    if command.amount is not None
+                    else None
+                )
+                decision = decide_refund(
+                    status=PaymentStatus(txn.status),
+                    captured=captured,
+                    refunded_minor=txn.refunded_minor,
+                    requested=requested,
+                )
+            try:
+                with span("refund.authorize") as bank_refund:
+                    bank_result = await ctx.bank.refund(
+                        RefundRequest(
+                            refund_id=refund_id,
+                            transaction_id=txn.transaction_id,
+                            authorization_code=txn.authorization_code,
+                            amount_minor=decision.amount.minor,
+                            currency=txn.currency,
+                            correlation_id=correlation_id,
+                        )
+                    )
+                    bank_refund.tag(
+                        succeeded=str(bank_result.succeeded).lower(),
+                        failure_code=bank_result.failure_code,
+                    )
                 succeeded = bank_result.succeeded
                 bank_reference = bank_result.bank_reference
                 failure_code = bank_result.failure_code
@@ -344,55 +425,56 @@ async def refund_payment(
                 )
                 succeeded, bank_reference, failure_code = False, None, exc.failure_code
 
-            now = ctx.clock()
-            refund_status = RefundStatus.SUCCEEDED if succeeded else RefundStatus.FAILED
-            if succeeded:
-                txn.status = decision.new_status.value
-                txn.refunded_minor = decision.new_refunded_minor
-                txn.updated_at = now
-            refund = Refund(
-                refund_id=refund_id,
-                transaction_id=txn.transaction_id,
-                amount_minor=decision.amount.minor,
-                currency=txn.currency,
-                status=refund_status.value,
-                reason=command.reason,
-                metadata_=command.metadata,
-                bank_reference=bank_reference,
-                failure_code=failure_code,
-                correlation_id=correlation_id,
-                created_at=now,
-            )
-            event = refund_event(
-                refund, txn, event_type=event_type_for_refund(refund_status), occurred_at=now
-            )
-            view = refund_view(refund, txn)
-            uow.refunds.add(refund)
-            uow.outbox.add(event)
-            uow.audit.append(
-                audit_entry(
-                    actor=actor,
-                    action="refund.create",
-                    resource_type="refund",
-                    resource_id=refund_id,
-                    outcome="success" if succeeded else "failure",
+            with span("refund.persist"):
+                now = ctx.clock()
+                refund_status = RefundStatus.SUCCEEDED if succeeded else RefundStatus.FAILED
+                if succeeded:
+                    txn.status = decision.new_status.value
+                    txn.refunded_minor = decision.new_refunded_minor
+                    txn.updated_at = now
+                refund = Refund(
+                    refund_id=refund_id,
+                    transaction_id=txn.transaction_id,
+                    amount_minor=decision.amount.minor,
+                    currency=txn.currency,
+                    status=refund_status.value,
+                    reason=command.reason,
+                    metadata_=command.metadata,
+                    bank_reference=bank_reference,
+                    failure_code=failure_code,
                     correlation_id=correlation_id,
-                    occurred_at=now,
-                    details={
-                        "transaction_id": txn.transaction_id,
-                        "amount": decision.amount.format(),
-                        "currency": txn.currency,
-                        "payment_status": txn.status,
-                        "failure_code": failure_code,
-                    },
+                    created_at=now,
                 )
-            )
-            if claim is not None:
-                if bank_error is not None:
-                    await claim.complete_with_error(uow, bank_error)
-                else:
-                    await claim.complete(uow, status=200, body=view)
-            await uow.commit()
+                event = refund_event(
+                    refund, txn, event_type=event_type_for_refund(refund_status), occurred_at=now
+                )
+                view = refund_view(refund, txn)
+                uow.refunds.add(refund)
+                uow.outbox.add(event)
+                uow.audit.append(
+                    audit_entry(
+                        actor=actor,
+                        action="refund.create",
+                        resource_type="refund",
+                        resource_id=refund_id,
+                        outcome="success" if succeeded else "failure",
+                        correlation_id=correlation_id,
+                        occurred_at=now,
+                        details={
+                            "transaction_id": txn.transaction_id,
+                            "amount": decision.amount.format(),
+                            "currency": txn.currency,
+                            "payment_status": txn.status,
+                            "failure_code": failure_code,
+                        },
+                    )
+                )
+                if claim is not None:
+                    if bank_error is not None:
+                        await claim.complete_with_error(uow, bank_error)
+                    else:
+                        await claim.complete(uow, status=200, body=view)
+                await uow.commit()
     except PaymentServiceError as refusal:
         if refusal is bank_error:
             raise
@@ -406,7 +488,15 @@ async def refund_payment(
             correlation_id=correlation_id,
         )
         raise
-    await ctx.publisher.publish_committed([event.event_id])
+    flow.tag(status=refund_status.value, failure_code=failure_code)
+    ctx.metrics.refund_processed(
+        status=refund_status.value,
+        currency=refund.currency,
+        amount_minor=refund.amount_minor,
+        failure_code=failure_code,
+    )
+    with span("refund.publish"):
+        await ctx.publisher.publish_committed([event.event_id])
     if bank_error is not None:
         raise bank_error
     return view

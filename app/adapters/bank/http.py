@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from typing import Any, Final
 import backoff
 import httpx
 from aiobreaker import CircuitBreaker, CircuitBreakerError, CircuitBreakerState
+from aiobreaker.listener import CircuitBreakerListener
 from aiobreaker.storage.memory import CircuitMemoryStorage
 
 from app.adapters.bank.base import (
@@ -37,6 +39,7 @@ from app.adapters.bank.base import (
     RefundRequest,
     RefundResult,
 )
+from app.adapters.metrics import PaymentMetrics
 from app.domain.cards import DECLINE_MESSAGES
 from app.domain.errors import BankUnavailable
 
@@ -141,6 +144,7 @@ class HttpBankGateway:
             state_storage=self._breaker_storage,
             name="bank",
         )
+        self._metrics = PaymentMetrics.disabled()
         self._send_with_retries = backoff.on_exception(
             backoff.expo,
             _BankTechnicalError,
@@ -213,6 +217,12 @@ class HttpBankGateway:
         except _MalformedAnswerError as exc:
             raise self._malformed(call, str(exc)) from None
 
+    def report_metrics_to(self, metrics: PaymentMetrics) -> None:
+        """Report each call's latency and every circuit state change to ``metrics``."""
+        self._metrics = metrics
+        self._breaker.add_listener(_CircuitStateReporter(metrics))
+        metrics.circuit_state(self.circuit_state)
+
     @property
     def circuit_state(self) -> str:
         """``closed``, ``open`` or ``half_open``.
@@ -249,6 +259,21 @@ class HttpBankGateway:
     # -- one call: retries around the breaker around one HTTP attempt --------------------
 
     async def _call(self, call: _BankCall) -> Mapping[str, Any]:
+        started = time.perf_counter()
+        outcome = "processing_error"
+        try:
+            answer = await self._exchange(call)
+            outcome = "answered"
+            return answer
+        except BankUnavailable as exc:
+            outcome = exc.failure_code or outcome
+            raise
+        finally:
+            self._metrics.bank_call(
+                operation=call.operation, outcome=outcome, seconds=time.perf_counter() - started
+            )
+
+    async def _exchange(self, call: _BankCall) -> Mapping[str, Any]:
         try:
             response = await self._send_with_retries(call)
         except CircuitBreakerError as exc:
@@ -368,6 +393,24 @@ class HttpBankGateway:
         now = datetime.now(UTC).replace(tzinfo=None)
         remaining = (opened_at + self._breaker_reset - now).total_seconds()
         return remaining if remaining > 0 else None
+
+
+_STATE_NAMES: Final = {
+    CircuitBreakerState.CLOSED: "closed",
+    CircuitBreakerState.OPEN: "open",
+    CircuitBreakerState.HALF_OPEN: "half_open",
+}
+
+
+class _CircuitStateReporter(CircuitBreakerListener):  # type: ignore[misc]
+    """Sends the circuit state to the metrics whenever the breaker changes state."""
+
+    def __init__(self, metrics: PaymentMetrics) -> None:
+        self._metrics = metrics
+
+    def state_change(self, breaker: Any, old: Any, new: Any) -> None:
+        # aiobreaker notifies before it stores the new state: read it from ``new``.
+        self._metrics.circuit_state(_STATE_NAMES.get(new.state, "closed"))
 
 
 def _authorization_result(answer: Mapping[str, Any]) -> AuthorizationResult:

@@ -62,6 +62,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.adapters.db.models import OutboxEvent
 from app.adapters.db.unit_of_work import UnitOfWork
+from app.adapters.metrics import PaymentMetrics
 from app.core.jsoncodec import dump_json
 
 logger = logging.getLogger(__name__)
@@ -196,6 +197,11 @@ class KafkaOutboxRelay:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._request_publications: set[asyncio.Task[None]] = set()
+        self._metrics = PaymentMetrics.disabled()
+
+    def report_metrics_to(self, metrics: PaymentMetrics) -> None:
+        """Count what each batch published and what failed in ``metrics``."""
+        self._metrics = metrics
 
     # -- EventPublisher ---------------------------------------------------------------
 
@@ -358,6 +364,11 @@ class KafkaOutboxRelay:
             self._healthy = True
         elif result.failed:
             self._healthy = False
+        self._metrics.outbox_published(
+            path="relay" if event_ids is None else "request",
+            published=len(result.published),
+            failed=len(result.failed),
+        )
         elapsed_ms = (time.perf_counter() - started) * 1000
         counts = {
             "outbox_claimed": result.claimed,

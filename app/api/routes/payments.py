@@ -108,6 +108,7 @@ async def _run_idempotently(
     key: str | None,
     new_resource_id: str,
     action: Callable[[IdempotencyClaim | None], Awaitable[dict[str, Any]]],
+    operation: str,
 ) -> Response:
     if key is None:
         return _json(200, await action(None))
@@ -126,6 +127,7 @@ async def _run_idempotently(
         render_error=render_error,
     )
     if isinstance(outcome, StoredResponse):
+        runtime.services.metrics.idempotent_replay(operation=operation)
         return _replay(outcome)
     try:
         body = await action(outcome)
@@ -177,6 +179,7 @@ async def process(
         merchant_id=merchant.merchant_id,
         key=idempotency_key,
         new_resource_id=new_transaction_id(),
+        operation="payment",
         action=lambda claim: process_payment(
             runtime.services,
             merchant=merchant,
@@ -250,6 +253,7 @@ async def refund(
         merchant_id=merchant.merchant_id,
         key=idempotency_key,
         new_resource_id=new_refund_id(),
+        operation="refund",
         action=lambda claim: refund_payment(
             runtime.services,
             merchant=merchant,

@@ -1,0 +1,295 @@
+"""Business metrics as a DogStatsD server receives them, from the real app.
+
+A UDP socket on 127.0.0.1 stands in for the Datadog agent; the app's metrics point at it
+(``METRICS_ENABLED``, ``DD_AGENT_HOST``, ``DD_DOGSTATSD_PORT``). Every datagram is parsed
+and checked against the catalogue in :mod:`app.adapters.metrics`: only catalogued names,
+only bounded tags (never a transaction, refund or merchant id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from app.adapters.metrics import CATALOGUE, PREFIX
+from app.core.config import Settings
+from tests.conftest import MerchantCredentials, make_settings, payment_body
+from tests.e2e.test_events_kafka import kafka_health_is, running_app
+from tests.integration.test_outbox_relay import KAFKA
+
+PAY = "/api/v1/payments/process"
+CATALOGUED = {spec.full_name: spec for spec in CATALOGUE}
+STATSD_TYPES = {"c": "count", "g": "gauge", "d": "distribution"}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One DogStatsD sample."""
+
+    name: str
+    value: float
+    type: str
+    tags: dict[str, str]
+
+
+def parse_datagram(datagram: str) -> list[Metric]:
+    """``name:value|type|@rate|#tag:v,tag:v|c:container`` lines (one per metric)."""
+    metrics = []
+    for line in datagram.splitlines():
+        if not line:
+            continue
+        name, rest = line.split(":", 1)
+        value, kind, *fields = rest.split("|")
+        tags: dict[str, str] = {}
+        for extra in fields:
+            if extra.startswith("#"):
+                for tag in extra[1:].split(","):
+                    key, _, tag_value = tag.partition(":")
+                    tags[key] = tag_value
+        metrics.append(Metric(name, float(value), STATSD_TYPES.get(kind, kind), tags))
+    return metrics
+
+
+class StatsdListener:
+    """A DogStatsD server on a free UDP port of 127.0.0.1 that keeps what it receives."""
+
+    def __init__(self) -> None:
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._socket.bind(("127.0.0.1", 0))
+        self._socket.setblocking(False)
+        self.port = int(self._socket.getsockname()[1])
+        self.received: list[Metric] = []
+
+    def drain(self) -> list[Metric]:
+        while True:
+            try:
+                data = self._socket.recv(65535)
+            except BlockingIOError:
+                return self.received
+            self.received.extend(parse_datagram(data.decode()))
+
+    def clear(self) -> None:
+        self.drain()
+        self.received.clear()
+
+    async def wait_for(
+        self, predicate: Callable[[Metric], bool], what: str, timeout_s: float = 10.0
+    ) -> Metric:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for metric in self.drain():
+                if predicate(metric):
+                    return metric
+            if time.monotonic() > deadline:
+                names = sorted({m.name for m in self.received})
+                raise AssertionError(f"no {what} within {timeout_s} s; received {names}")
+            await asyncio.sleep(0.02)
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+@pytest.fixture(scope="module")
+def statsd() -> Iterator[StatsdListener]:
+    listener = StatsdListener()
+    yield listener
+    listener.close()
+
+
+def metrics_settings(statsd: StatsdListener, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "metrics_enabled": True,
+        "dogstatsd_host": "127.0.0.1",
+        "dogstatsd_port": statsd.port,
+        "metrics_report_interval_s": 0.1,
+    }
+    return make_settings(**(values | overrides))
+
+
+@pytest.fixture
+def app_settings(statsd: StatsdListener) -> Settings:
+    statsd.clear()
+    return metrics_settings(statsd)
+
+
+def named(name: str, **tags: str) -> Callable[[Metric], bool]:
+    full = f"{PREFIX}.{name}"
+
+    def matches(metric: Metric) -> bool:
+        return metric.name == full and all(metric.tags.get(k) == v for k, v in tags.items())
+
+    return matches
+
+
+def assert_catalogued_and_bounded(metrics: list[Metric], *ids: str) -> None:
+    """Only catalogued names with their declared tags; no id of any kind in a tag."""
+    for metric in metrics:
+        spec = CATALOGUED.get(metric.name)
+        assert spec is not None, f"{metric.name} is not in the catalogue"
+        assert metric.type == spec.type, metric
+        own_tags = set(metric.tags) - {"service", "env", "version"}
+        assert own_tags <= set(spec.tags), (metric.name, own_tags)
+        for value in metric.tags.values():
+            assert not value.startswith(("txn_", "re_")), metric
+            for forbidden in ids:
+                assert forbidden not in value, metric
+
+
+async def test_a_capture_a_decline_a_failure_and_a_refund_are_counted_with_their_amounts(
+    client: httpx.AsyncClient, merchant: MerchantCredentials, statsd: StatsdListener
+) -> None:
+    paid = await client.post(
+        PAY, json=payment_body(amount="99.99", currency="USD"), headers=merchant.headers
+    )
+    assert paid.status_code == 200
+    captured = await statsd.wait_for(
+        named("payments.processed", status="captured", currency="USD"), "capture count"
+    )
+    assert captured.value == 1
+    assert captured.tags["service"] == "payment-service"
+    assert captured.tags["env"] == "test"
+    assert "decline_code" not in captured.tags
+    amount = await statsd.wait_for(
+        named("payments.amount", status="captured", currency="USD"), "capture amount"
+    )
+    assert amount.value == pytest.approx(99.99)
+
+    declined = await client.post(
+        PAY,
+        json=payment_body(card_number="4000000000009995", amount="1000", currency="JPY"),
+        headers=merchant.headers,
+    )
+    assert declined.json()["status"] == "declined"
+    decline = await statsd.wait_for(
+        named("payments.processed", status="declined", currency="JPY"), "decline count"
+    )
+    assert decline.tags["decline_code"] == "insufficient_funds"
+    jpy = await statsd.wait_for(named("payments.amount", currency="JPY"), "JPY amount")
+    assert jpy.value == 1000.0  # JPY has no minor unit
+
+    failed = await client.post(
+        PAY, json=payment_body(card_number="4000000000000119"), headers=merchant.headers
+    )
+    assert failed.status_code == 503
+    failure = await statsd.wait_for(named("payments.processed", status="failed"), "failure")
+    assert failure.tags["failure_code"] == "processing_error"
+
+    txn = paid.json()["transaction_id"]
+    refunded = await client.post(
+        f"/api/v1/payments/{txn}/refund", json={"amount": "10.00"}, headers=merchant.headers
+    )
+    assert refunded.status_code == 200
+    await statsd.wait_for(
+        named("refunds.processed", status="succeeded", currency="USD"), "refund count"
+    )
+    refund_amount = await statsd.wait_for(named("refunds.amount", currency="USD"), "refund")
+    assert refund_amount.value == pytest.approx(10.0)
+
+    assert_catalogued_and_bounded(statsd.received, merchant.merchant_id, txn)
+
+
+async def test_an_idempotent_replay_is_counted(
+    client: httpx.AsyncClient, merchant: MerchantCredentials, statsd: StatsdListener
+) -> None:
+    headers = {**merchant.headers, "Idempotency-Key": "metrics-replay-1"}
+    first = await client.post(PAY, json=payment_body(), headers=headers)
+    second = await client.post(PAY, json=payment_body(), headers=headers)
+    assert second.headers["Idempotent-Replayed"] == "true"
+    assert second.json() == first.json()
+    replay = await statsd.wait_for(named("idempotency.replays", operation="payment"), "replay")
+    assert replay.value == 1
+    processed = [m for m in statsd.drain() if m.name.endswith("payments.processed")]
+    assert len(processed) == 1  # the replay is not a second payment
+    assert_catalogued_and_bounded(statsd.received, merchant.merchant_id)
+
+
+async def test_the_outbox_backlog_and_the_circuit_state_are_reported_periodically(
+    client: httpx.AsyncClient, merchant: MerchantCredentials, statsd: StatsdListener
+) -> None:
+    # No Kafka in these settings: the payment's event stays in the outbox.
+    paid = await client.post(PAY, json=payment_body(), headers=merchant.headers)
+    assert paid.status_code == 200
+    await statsd.wait_for(
+        lambda m: named("outbox.pending")(m) and m.value >= 1, "a pending outbox event"
+    )
+    age = await statsd.wait_for(
+        lambda m: named("outbox.oldest_age_s")(m) and m.value > 0, "the oldest event's age"
+    )
+    assert age.type == "gauge"
+    circuit = await statsd.wait_for(named("bank.circuit.open"), "circuit state")
+    assert circuit.value == 0  # the in-process simulator has no circuit to open
+    assert_catalogued_and_bounded(statsd.received, merchant.merchant_id)
+
+
+@pytest.mark.mockserver
+async def test_bank_latency_and_the_circuit_opening_are_reported(
+    merchant: MerchantCredentials, statsd: StatsdListener
+) -> None:
+    statsd.clear()
+    settings = metrics_settings(
+        statsd,
+        bank_api_url="http://127.0.0.1:1080",
+        bank_max_retries=0,
+        bank_breaker_fail_max=2,
+        bank_breaker_reset_s=60.0,
+        metrics_report_interval_s=60.0,
+    )
+    async with running_app(settings) as http:
+        ok = await http.post(PAY, json=payment_body(), headers=merchant.headers)
+        assert ok.status_code == 200
+        latency = await statsd.wait_for(
+            named("bank.latency", operation="authorization", outcome="answered"), "latency"
+        )
+        assert 0 < latency.value < 10_000  # milliseconds
+        for _ in range(2):
+            failed = await http.post(
+                PAY, json=payment_body(card_number="4000000000000119"), headers=merchant.headers
+            )
+            assert failed.status_code == 503
+        await statsd.wait_for(
+            named("bank.latency", outcome="processing_error"), "a failed call's latency"
+        )
+        opened = await statsd.wait_for(
+            lambda m: named("bank.circuit.open")(m) and m.value == 1, "circuit open"
+        )
+        assert opened.type == "gauge"
+        refused = await http.post(PAY, json=payment_body(), headers=merchant.headers)
+        assert refused.status_code == 503
+        await statsd.wait_for(named("bank.latency", outcome="circuit_open"), "refused call")
+    assert_catalogued_and_bounded(statsd.received, merchant.merchant_id)
+
+
+@pytest.mark.kafka
+async def test_events_published_to_kafka_are_counted(
+    merchant: MerchantCredentials, statsd: StatsdListener
+) -> None:
+    statsd.clear()
+    settings = metrics_settings(statsd, kafka_bootstrap_servers=KAFKA, outbox_relay_interval_s=0.1)
+    async with running_app(settings) as http:
+        await kafka_health_is(http, "up")
+        paid = await http.post(PAY, json=payment_body(), headers=merchant.headers)
+        assert paid.status_code == 200
+        published = await statsd.wait_for(
+            named("outbox.published", path="request", outcome="published"), "published event"
+        )
+        assert published.value == 1
+        await statsd.wait_for(
+            lambda m: named("outbox.pending")(m) and m.value == 0, "an empty outbox"
+        )
+    assert_catalogued_and_bounded(statsd.received, merchant.merchant_id)
+
+
+def test_every_catalogued_metric_has_a_type_tags_and_a_description() -> None:
+    names = [spec.full_name for spec in CATALOGUE]
+    assert len(names) == len(set(names))
+    for spec in CATALOGUE:
+        assert spec.full_name.startswith(f"{PREFIX}.")
+        assert spec.type in STATSD_TYPES.values()
+        assert spec.description
+        assert {"merchant_id", "transaction_id", "refund_id"}.isdisjoint(spec.tags)

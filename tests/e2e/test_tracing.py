@@ -1,0 +1,552 @@
+"""Traces of the payment flow, as the Datadog agent receives them.
+
+The service runs the way production runs it — uvicorn in its own process, ddtrace
+configured from the environment (``DD_TRACE_ENABLED=true``, ``DD_TRACE_AGENT_URL``) — and
+sends its traces to the Datadog APM test agent of the local stack (127.0.0.1:8126,
+``scripts/stack.sh up testagent``). A subprocess keeps ddtrace's process-wide patching out
+of the test process. Each server gets its own test-agent session token and its own
+``DD_ENV``, so traces of concurrent runs never mix.
+
+Checked: the span tree (request → flow spans → asyncpg, httpx to the bank, aiokafka
+produce), service, resources and tags, errors on the spans of a failed bank call, trace
+context reaching the bank (MockServer records the ``x-datadog-*`` headers) and Kafka (the
+record's headers), log lines carrying the ids of the trace the agent got, and no card
+number, CVV or cardholder name anywhere in any span.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.core.config import Settings
+from tests.conftest import MerchantCredentials, payment_body
+from tests.integration.test_outbox_relay import KAFKA, tail_topic
+
+REPO = Path(__file__).resolve().parents[2]
+TEST_AGENT = os.environ.get("DD_TEST_AGENT_URL", "http://127.0.0.1:8126")
+MOCKSERVER = os.environ.get("MOCKSERVER_URL", "http://127.0.0.1:1080")
+SERVICE = "payment-service"
+VERSION = "9.9.9-tracing-test"
+
+PAY = "/api/v1/payments/process"
+VISA = "4242 4242 4242 4242"
+DECLINED = "4000000000009995"  # insufficient_funds
+BANK_ERROR = "4000000000000119"  # the bank answers 5xx: processing_error
+CVV = "947"
+HOLDER = "Tracy Spanwell"
+
+FLOW_STEPS = {
+    "payment.process": [
+        "payment.validate_merchant",
+        "payment.vault",
+        "payment.authorize",
+        "payment.persist",
+        "payment.publish",
+    ],
+    "refund.process": ["refund.lock", "refund.authorize", "refund.persist", "refund.publish"],
+}
+
+Span = dict[str, Any]
+
+TRACE_HEADERS = {
+    "dd-pathway-ctx-base64",
+    "x-datadog-trace-id",
+    "x-datadog-parent-id",
+    "x-datadog-sampling-priority",
+    "x-datadog-tags",
+    "traceparent",
+    "tracestate",
+}
+"""Kafka headers ddtrace adds to an event (trace context and the Data Streams pathway)."""
+
+
+# -- the test agent -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def test_agent() -> str:
+    """The APM test agent's URL; fails the module clearly when it is not running."""
+    try:
+        httpx.get(f"{TEST_AGENT}/info", timeout=3).raise_for_status()
+    except httpx.HTTPError as exc:
+        pytest.fail(
+            f"the Datadog APM test agent does not answer at {TEST_AGENT} ({exc!r}): "
+            "start it with `bash scripts/stack.sh up testagent`"
+        )
+    return TEST_AGENT
+
+
+# -- the traced server ----------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class TracedServer:
+    """The app under uvicorn with tracing on, and what it sent to the test agent."""
+
+    base_url: str
+    token: str
+    env: str
+    log_path: Path
+    traces_seen: list[list[Span]] = field(default_factory=list)
+
+    def traces(self) -> list[list[Span]]:
+        """This server's traces the test agent has received so far."""
+        response = httpx.get(
+            f"{TEST_AGENT}/test/session/traces",
+            params={"test_session_token": self.token},
+            timeout=10,
+        )
+        response.raise_for_status()
+        return [
+            trace
+            for trace in response.json()
+            if any(span.get("meta", {}).get("env") == self.env for span in trace)
+        ]
+
+    def wait_for_trace(self, predicate: Callable[[list[Span]], bool], what: str) -> list[Span]:
+        """The first received trace matching ``predicate`` (the tracer flushes every 1 s)."""
+        deadline = time.monotonic() + 30
+        while True:
+            for trace in self.traces():
+                if predicate(trace):
+                    return trace
+            if time.monotonic() > deadline:
+                names = [sorted({s["name"] for s in t}) for t in self.traces()]
+                raise AssertionError(f"no trace with {what} within 30 s; got {names}")
+            time.sleep(0.25)
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        """The JSON log lines the server has written to stdout."""
+        lines = []
+        for raw in self.log_path.read_text().splitlines():
+            try:
+                lines.append(json.loads(raw))
+            except json.JSONDecodeError:
+                continue
+        return lines
+
+
+@pytest.fixture
+def traced_server(
+    test_agent: str, settings: Settings, migrated_database: str, tmp_path: Path
+) -> Iterator[Callable[..., TracedServer]]:
+    """Start the app under uvicorn with tracing on; stopped (SIGTERM) after the test."""
+    started: list[tuple[subprocess.Popen[bytes], Any]] = []
+
+    def start(**extra_env: str) -> TracedServer:
+        token = f"payment-tracing-{uuid.uuid4().hex[:12]}"
+        env_name = f"tracing-test-{uuid.uuid4().hex[:8]}"
+        httpx.get(
+            f"{test_agent}/test/session/start", params={"test_session_token": token}, timeout=5
+        ).raise_for_status()
+        port = _free_port()
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("DD_", "_DD_"))
+            and key not in {"BANK_API_URL", "KAFKA_BOOTSTRAP_SERVERS", "METRICS_ENABLED"}
+        }
+        env.update(
+            {
+                "APP_ENV": "test",
+                "DATABASE_URL": settings.database_url,
+                "LOG_LEVEL": "INFO",
+                "DD_TRACE_ENABLED": "true",
+                "DD_TRACE_AGENT_URL": test_agent,
+                "DD_SERVICE": SERVICE,
+                "DD_ENV": env_name,
+                "DD_VERSION": VERSION,
+                "DD_DBM_PROPAGATION_MODE": "full",
+                "DD_DATA_STREAMS_ENABLED": "true",
+                "DD_INSTRUMENTATION_TELEMETRY_ENABLED": "false",
+                "DD_REMOTE_CONFIGURATION_ENABLED": "false",
+                "_DD_TRACE_WRITER_ADDITIONAL_HEADERS": f"X-Datadog-Test-Session-Token:{token}",
+                **extra_env,
+            }
+        )
+        log_path = tmp_path / f"server-{port}.log"
+        log_file = log_path.open("wb")
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "app.main:create_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--no-access-log",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        started.append((proc, log_file))
+        base_url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base_url}/health/live", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"traced uvicorn did not start: {log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+        return TracedServer(base_url=base_url, token=token, env=env_name, log_path=log_path)
+
+    try:
+        yield start
+    finally:
+        for proc, log_file in started:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log_file.close()
+
+
+# -- reading spans --------------------------------------------------------------------
+
+
+def by_name(trace: list[Span], name: str) -> list[Span]:
+    return [span for span in trace if span["name"] == name]
+
+
+def one(trace: list[Span], name: str) -> Span:
+    spans = by_name(trace, name)
+    assert len(spans) == 1, f"{len(spans)} spans named {name}"
+    return spans[0]
+
+
+def children(trace: list[Span], parent: Span) -> list[Span]:
+    return [span for span in trace if span.get("parent_id") == parent["span_id"]]
+
+
+def descendants(trace: list[Span], parent: Span) -> list[Span]:
+    found: list[Span] = []
+    frontier = [parent]
+    while frontier:
+        kids = [s for p in frontier for s in children(trace, p)]
+        found.extend(kids)
+        frontier = kids
+    return found
+
+
+def ancestors(trace: list[Span], span: Span) -> list[Span]:
+    index = {s["span_id"]: s for s in trace}
+    chain = []
+    while span.get("parent_id") in index:
+        span = index[span["parent_id"]]
+        chain.append(span)
+    return chain
+
+
+def root(trace: list[Span]) -> Span:
+    ids = {s["span_id"] for s in trace}
+    roots = [s for s in trace if not s.get("parent_id") or s["parent_id"] not in ids]
+    assert len(roots) == 1, [s["name"] for s in roots]
+    return roots[0]
+
+
+def has_span(name: str, **meta: str) -> Callable[[list[Span]], bool]:
+    def matches(trace: list[Span]) -> bool:
+        return any(
+            s["name"] == name and all(s.get("meta", {}).get(k) == v for k, v in meta.items())
+            for s in trace
+        )
+
+    return matches
+
+
+def full_trace_id(trace: list[Span]) -> str:
+    """The trace id the way ddtrace writes it into logs: 128-bit hex, else 64-bit decimal.
+
+    The wire format carries the low 64 bits in ``trace_id`` and the high 64 bits, as hex,
+    in the ``_dd.p.tid`` tag of the first span of the chunk.
+    """
+    highs = {s["meta"]["_dd.p.tid"] for s in trace if "_dd.p.tid" in s.get("meta", {})}
+    assert len(highs) <= 1, highs
+    low = int(trace[0]["trace_id"])
+    return f"{highs.pop()}{low:016x}" if highs else str(low)
+
+
+def assert_flow(trace: list[Span], flow: str) -> Span:
+    """The request span is the root, the flow span under it, each step right under that."""
+    request = root(trace)
+    assert request["name"] == "fastapi.request"
+    assert request["service"] == SERVICE
+    flow_span = one(trace, flow)
+    assert request in ancestors(trace, flow_span)
+    step_names = [s["name"] for s in children(trace, flow_span)]
+    for step in FLOW_STEPS[flow]:
+        assert step in step_names, f"{step} not under {flow}: {step_names}"
+    for span in [flow_span, *descendants(trace, flow_span)]:
+        assert span["meta"].get("env") is not None or span["service"] != SERVICE
+    assert flow_span["service"] == SERVICE
+    assert flow_span["resource"] == flow
+    assert flow_span["meta"]["version"] == VERSION
+    return flow_span
+
+
+def assert_no_card_data(traces: list[list[Span]], *secrets: str) -> None:
+    """No string in any span (name, resource, tags, error stack) carries card data."""
+    texts: list[str] = []
+    for trace in traces:
+        for span in trace:
+            texts += [str(span.get(k, "")) for k in ("name", "resource", "service", "type")]
+            for key, value in span.get("meta", {}).items():
+                texts += [key, str(value)]
+            texts += list(span.get("metrics", {}))
+    blob = "\n".join(texts)
+    for secret in secrets:
+        assert secret not in blob, f"{secret!r} found in a span"
+    assert "cvv" not in blob.lower()
+
+
+def card(number: str) -> dict[str, Any]:
+    return {
+        "card_number": number,
+        "expiry_month": 12,
+        "expiry_year": 2030,
+        "cvv": CVV,
+        "cardholder_name": HOLDER,
+    }
+
+
+def secrets_of(*numbers: str) -> list[str]:
+    plain = [n.replace(" ", "") for n in numbers]
+    return [*plain, *numbers, CVV, HOLDER]
+
+
+def pay(server: TracedServer, merchant: MerchantCredentials, number: str) -> httpx.Response:
+    body = payment_body(merchant.merchant_id, card_number=number)
+    body["card_data"] = card(number)
+    return httpx.post(f"{server.base_url}{PAY}", json=body, headers=merchant.headers, timeout=30)
+
+
+# -- the tests ------------------------------------------------------------------------
+
+
+def test_payment_and_refund_are_traced_from_request_to_database(
+    traced_server: Callable[..., TracedServer], merchant: MerchantCredentials
+) -> None:
+    server = traced_server()
+    paid = pay(server, merchant, VISA)
+    assert paid.status_code == 200, paid.text
+    txn = paid.json()["transaction_id"]
+    refunded = httpx.post(
+        f"{server.base_url}/api/v1/payments/{txn}/refund",
+        json={"amount": "10.00"},
+        headers=merchant.headers,
+        timeout=30,
+    )
+    assert refunded.status_code == 200, refunded.text
+
+    payment_trace = server.wait_for_trace(
+        has_span("payment.process", transaction_id=txn), "payment.process"
+    )
+    flow = assert_flow(payment_trace, "payment.process")
+    assert root(payment_trace)["resource"] == "POST /api/v1/payments/process"
+    assert flow["meta"]["merchant_id"] == merchant.merchant_id
+    assert flow["meta"]["currency"] == "USD"
+    assert flow["meta"]["card_brand"] == "visa"
+    assert flow["meta"]["status"] == "captured"
+    assert flow.get("error", 0) == 0
+    assert one(payment_trace, "payment.authorize")["meta"]["approved"] == "true"
+    # asyncpg under the persist step, with the SQL (placeholders, no values) as resource.
+    queries = [
+        s
+        for s in descendants(payment_trace, one(payment_trace, "payment.persist"))
+        if s["name"] == "postgres.query"
+    ]
+    assert queries, "no asyncpg span under payment.persist"
+    assert any("INSERT INTO transactions" in s["resource"] for s in queries)
+    assert all(s["meta"]["component"] == "asyncpg" for s in queries)
+
+    refund_trace = server.wait_for_trace(
+        has_span("refund.process", transaction_id=txn), "refund.process"
+    )
+    refund_flow = assert_flow(refund_trace, "refund.process")
+    assert root(refund_trace)["resource"] == "POST /api/v1/payments/{transaction_id}/refund"
+    assert refund_flow["meta"]["status"] == "succeeded"
+    assert refund_flow["meta"]["currency"] == "USD"
+    assert refund_flow["meta"]["refund_id"] == refunded.json()["refund_id"]
+    locked = [
+        s
+        for s in descendants(refund_trace, one(refund_trace, "refund.lock"))
+        if s["name"] == "postgres.query"
+    ]
+    assert any("FOR UPDATE" in s["resource"] for s in locked)
+
+    assert_no_card_data(server.traces(), *secrets_of(VISA))
+
+
+def test_a_decline_is_tagged_and_a_bank_failure_is_an_error(
+    traced_server: Callable[..., TracedServer], merchant: MerchantCredentials
+) -> None:
+    server = traced_server()
+    declined = pay(server, merchant, DECLINED)
+    assert declined.json()["status"] == "declined"
+    failed = pay(server, merchant, BANK_ERROR)
+    assert failed.status_code == 503
+    failed_txn = failed.json()["transaction_id"]
+
+    trace = server.wait_for_trace(
+        has_span("payment.process", status="declined"), "a declined payment"
+    )
+    flow = assert_flow(trace, "payment.process")
+    assert flow["meta"]["decline_code"] == "insufficient_funds"
+    assert flow.get("error", 0) == 0
+    assert one(trace, "payment.authorize")["meta"]["decline_code"] == "insufficient_funds"
+
+    trace = server.wait_for_trace(
+        has_span("payment.process", transaction_id=failed_txn), "a failed payment"
+    )
+    flow = assert_flow(trace, "payment.process")
+    assert flow["meta"]["status"] == "failed"
+    assert flow["meta"]["failure_code"] == "processing_error"
+    assert flow["error"] == 1
+    assert flow["meta"]["error.type"] == "app.domain.errors.BankUnavailable"
+    assert one(trace, "payment.authorize")["error"] == 1
+    assert one(trace, "payment.persist").get("error", 0) == 0  # recorded all the same
+    assert root(trace)["meta"]["http.status_code"] == "503"
+    assert root(trace)["error"] == 1  # what the API 5xx-rate monitor counts
+
+    assert_no_card_data(server.traces(), *secrets_of(DECLINED, BANK_ERROR))
+
+
+def test_log_lines_carry_the_ids_of_the_trace_the_agent_received(
+    traced_server: Callable[..., TracedServer], merchant: MerchantCredentials
+) -> None:
+    server = traced_server()
+    paid = pay(server, merchant, VISA)
+    txn = paid.json()["transaction_id"]
+    trace = server.wait_for_trace(has_span("payment.process", transaction_id=txn), "payment")
+    flow = one(trace, "payment.process")
+
+    lines = [line for line in server.log_lines() if txn in str(line.get("message"))]
+    assert lines, "no log line about the payment"
+    line = lines[0]
+    assert line["dd.trace_id"] == full_trace_id(trace)
+    # Logged inside payment.process, after its persist step closed.
+    assert line["dd.span_id"] == str(flow["span_id"])
+    assert line["dd.service"] == SERVICE
+    assert line["dd.env"] == server.env
+    assert line["dd.version"] == VERSION
+    assert line["correlation_id"] == paid.headers["X-Correlation-ID"]
+    # Outside any request, the ids are zero.
+    startup = next(line for line in server.log_lines() if "APM tracing on" in line["message"])
+    assert startup["dd.trace_id"] == "0"
+    assert "Data Streams Monitoring on" in startup["message"]
+
+
+@pytest.mark.mockserver
+def test_trace_context_reaches_the_bank(
+    traced_server: Callable[..., TracedServer], merchant: MerchantCredentials
+) -> None:
+    server = traced_server(BANK_API_URL=MOCKSERVER)
+    paid = pay(server, merchant, VISA)
+    assert paid.status_code == 200, paid.text
+    txn = paid.json()["transaction_id"]
+
+    trace = server.wait_for_trace(has_span("payment.process", transaction_id=txn), "payment")
+    assert_flow(trace, "payment.process")
+    calls = [
+        s
+        for s in descendants(trace, one(trace, "payment.authorize"))
+        if s["meta"].get("component") == "httpx"
+    ]
+    assert len(calls) == 1, [s["name"] for s in trace]
+    call = calls[0]
+    assert call["meta"]["http.url"] == f"{MOCKSERVER}/v1/authorizations"
+    assert call["meta"]["http.status_code"] == "200"
+
+    recorded = httpx.put(
+        f"{MOCKSERVER}/mockserver/retrieve",
+        params={"type": "REQUESTS", "format": "JSON"},
+        json={"path": "/v1/authorizations", "headers": {"Idempotency-Key": [txn]}},
+        timeout=10,
+    )
+    recorded.raise_for_status()
+    requests = recorded.json()
+    assert len(requests) == 1
+    headers = {name.lower(): values[0] for name, values in requests[0]["headers"].items()}
+    assert headers["x-datadog-trace-id"] == str(call["trace_id"])
+    assert headers["x-datadog-parent-id"] == str(call["span_id"])
+    assert headers["traceparent"].split("-")[1] == full_trace_id(trace).rjust(32, "0")
+
+    assert_no_card_data(server.traces(), *secrets_of(VISA))
+
+
+@pytest.mark.kafka
+async def test_events_carry_the_trace_context_and_the_data_streams_pathway(
+    traced_server: Callable[..., TracedServer], merchant: MerchantCredentials
+) -> None:
+    server = traced_server(KAFKA_BOOTSTRAP_SERVERS=KAFKA, OUTBOX_RELAY_INTERVAL_S="0.2")
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
+        deadline = time.monotonic() + 60
+        while (await http.get("/health")).json()["checks"]["kafka"]["status"] != "up":
+            assert time.monotonic() < deadline, "Kafka never became healthy for the server"
+            await asyncio.sleep(0.2)
+        async with tail_topic() as tail:
+            body = payment_body(merchant.merchant_id, card_number=VISA)
+            body["card_data"] = card(VISA)
+            paid = await http.post(PAY, json=body, headers=merchant.headers)
+            assert paid.status_code == 200, paid.text
+            txn = paid.json()["transaction_id"]
+            await tail.read_until(lambda records: any(r.key == txn for r in records))
+            records = [r for r in tail.records if r.key == txn]
+
+    trace = await asyncio.to_thread(
+        server.wait_for_trace, has_span("payment.process", transaction_id=txn), "payment"
+    )
+    assert_flow(trace, "payment.process")
+    produced = [
+        s
+        for s in descendants(trace, one(trace, "payment.publish"))
+        if s["meta"].get("component") == "aiokafka"
+    ]
+    assert len(produced) == 1, [s["name"] for s in trace]
+    produce = produced[0]
+    assert produce["name"] == "kafka.produce"
+    assert produce["meta"]["kafka.topic"] == "payments.events"
+    assert produce["meta"]["span.kind"] == "producer"
+
+    headers = records[0].headers
+    assert headers["x-datadog-trace-id"] == str(produce["trace_id"])
+    assert headers["x-datadog-parent-id"] == str(produce["span_id"])
+    assert "dd-pathway-ctx-base64" in headers  # Data Streams Monitoring checkpoint
+    # SPEC §6's headers first and unchanged; the tracing headers after them.
+    assert list(headers)[:3] == ["event_type", "event_id", "correlation_id"]
+    assert set(headers) - {"event_type", "event_id", "correlation_id"} <= TRACE_HEADERS
+
+    assert_no_card_data(server.traces(), *secrets_of(VISA))

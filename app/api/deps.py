@@ -28,7 +28,7 @@ class Runtime:
     draining: bool = field(default=False)
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     """The worker's runtime."""
     runtime: Runtime = request.app.state.runtime
     return runtime
@@ -37,7 +37,7 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def current_correlation_id() -> str | None:
+async def current_correlation_id() -> str | None:
     """This request's correlation id."""
     return correlation_id.get()
 

@@ -54,6 +54,9 @@ def make_settings(**overrides: Any) -> Settings:
         "db_pool_size": 20,
         "db_max_overflow": 20,
         "log_level": "INFO",
+        # Independent of the shell: tracing and metrics are on only where a test asks.
+        "tracing_enabled": False,
+        "metrics_enabled": False,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

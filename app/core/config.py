@@ -116,6 +116,12 @@ class Settings(BaseSettings):
             problems.append("API_KEY_PEPPER is the development pepper")
         if self.database_url == DEFAULT_DATABASE_URL:
             problems.append("DATABASE_URL is not set")
+        # The embedded defaults are for laptops: the simulator approves any valid card, and
+        # without a broker no event would ever leave the outbox.
+        if not self.bank_api_url:
+            problems.append("BANK_API_URL is not set (the in-process simulator is for development)")
+        if not self.kafka_bootstrap_servers:
+            problems.append("KAFKA_BOOTSTRAP_SERVERS is not set")
         if problems:
             raise ValueError("refusing to start in production: " + "; ".join(problems))
         return self

@@ -246,7 +246,7 @@ def test_app_points_at_the_compose_services() -> None:
     assert app_env["BANK_API_URL"] == "http://mockserver:1080"
     assert app_env["DD_AGENT_HOST"] == "datadog-agent"
     assert app_env["DD_DATA_STREAMS_ENABLED"] == "true"
-    assert app_env["DD_DBM_PROPAGATION_MODE"] == "full"
+    assert app_env["DD_DBM_PROPAGATION_MODE"] == "disabled"
     assert app_env["DD_LOGS_INJECTION"] == "true"
     for name in ("DD_ENV", "DD_SERVICE", "DD_VERSION", "DD_TRACE_ENABLED"):
         assert app_env.get(name), name

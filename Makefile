@@ -122,3 +122,12 @@ docker-down: ## Stop and remove the Docker stack (data volumes kept; `docker com
 docker-config: install ## Static checks without a Docker engine: docker-compose config -q and hadolint
 	@$(UV) run --frozen docker-compose config -q && echo "docker-compose.yml: valid"
 	@$(UV) run --frozen hadolint Dockerfile && echo "Dockerfile: hadolint clean"
+
+# --- Load and fault drills ---------------------------------------------------------------
+.PHONY: bench
+bench: install ## Load-test 2 uvicorn workers with wrk, full stack and simulator-only (.bench/results.json)
+	@bash scripts/bench.sh
+
+.PHONY: soak
+soak: install ## Bounded soak with Kafka and PostgreSQL restarts and a slow bank; checks the invariants
+	@bash scripts/soak.sh

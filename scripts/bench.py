@@ -480,6 +480,10 @@ def service_env(
         env["BANK_API_URL"] = bank_url
     if kafka:
         env["KAFKA_BOOTSTRAP_SERVERS"] = kafka
+    if not (bank_url and kafka):
+        # Production refuses the in-process simulator and a missing broker; the
+        # simulator-only phases measure our own cost under the test profile instead.
+        env["APP_ENV"] = "test"
     return env
 
 

@@ -234,6 +234,15 @@ class BankUnavailable(PaymentServiceError):
         self.retry_after_s: int = retry_after_s
         super().__init__(detail, extra=extra)
 
+    def about(self, **resource_ids: str) -> BankUnavailable:
+        """The same failure, naming the payment (and refund) it was recorded against."""
+        return BankUnavailable(
+            self.detail,
+            failure_code=self.failure_code,
+            retry_after_s=self.retry_after_s,
+            extra={**self.extra, **resource_ids},
+        )
+
 
 class IdempotencyKeyReused(PaymentServiceError):
     """The idempotency key was already used with a different request body."""

@@ -32,16 +32,19 @@ class IdempotencyClaim:
     resource_id: str
     render_error: ErrorRenderer
 
-    async def complete(self, uow: UnitOfWork, *, status: int, body: dict[str, Any]) -> None:
-        """Store the response in the caller's transaction."""
+    async def record(
+        self,
+        uow: UnitOfWork,
+        *,
+        body: dict[str, Any],
+        error: PaymentServiceError | None = None,
+    ) -> None:
+        """Store, in the caller's transaction, the answer retries replay: ``body`` with a
+        200, or the problem for ``error`` (a recorded bank failure)."""
+        status, stored = (200, body) if error is None else self.render_error(error)
         await uow.idempotency.complete(
-            merchant_id=self.merchant_id, key=self.key, status=status, body=body
+            merchant_id=self.merchant_id, key=self.key, status=status, body=stored
         )
-
-    async def complete_with_error(self, uow: UnitOfWork, error: PaymentServiceError) -> None:
-        """Store a business error response (e.g. a recorded bank failure) for replay."""
-        status, body = self.render_error(error)
-        await self.complete(uow, status=status, body=body)
 
 
 @dataclass(frozen=True, slots=True)

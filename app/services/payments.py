@@ -8,6 +8,7 @@ row, its outbox event and, when the client sent one, its idempotency record.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -38,6 +39,10 @@ from app.services.views import payment_view, refund_view
 logger = logging.getLogger(__name__)
 
 EXPIRED_CARD = "expired_card"
+
+
+TRANSACTION_ID_SHAPE = re.compile(r"^txn_[0-9a-f]{32}$")
+"""What every id from :func:`new_transaction_id` looks like."""
 
 
 def new_transaction_id() -> str:
@@ -230,12 +235,7 @@ async def _process_payment(
                     approved=str(result.approved).lower(), decline_code=result.decline_code
                 )
         except BankUnavailable as exc:
-            bank_error = BankUnavailable(
-                exc.detail,
-                failure_code=exc.failure_code,
-                retry_after_s=exc.retry_after_s,
-                extra={"transaction_id": transaction_id},
-            )
+            bank_error = exc.about(transaction_id=transaction_id)
             result = AuthorizationResult(approved=False)
 
     if bank_error is not None:
@@ -298,10 +298,7 @@ async def _process_payment(
                 )
             )
             if claim is not None:
-                if bank_error is not None:
-                    await claim.complete_with_error(uow, bank_error)
-                else:
-                    await claim.complete(uow, status=200, body=view)
+                await claim.record(uow, body=view, error=bank_error)
             await uow.commit()
     flow.tag(status=status.value, decline_code=txn.decline_code, failure_code=txn.failure_code)
     ctx.metrics.payment_processed(
@@ -417,12 +414,7 @@ async def _refund_payment(
                 bank_reference = bank_result.bank_reference
                 failure_code = bank_result.failure_code
             except BankUnavailable as exc:
-                bank_error = BankUnavailable(
-                    exc.detail,
-                    failure_code=exc.failure_code,
-                    retry_after_s=exc.retry_after_s,
-                    extra={"transaction_id": txn.transaction_id, "refund_id": refund_id},
-                )
+                bank_error = exc.about(transaction_id=txn.transaction_id, refund_id=refund_id)
                 succeeded, bank_reference, failure_code = False, None, exc.failure_code
 
             with span("refund.persist"):
@@ -470,10 +462,7 @@ async def _refund_payment(
                     )
                 )
                 if claim is not None:
-                    if bank_error is not None:
-                        await claim.complete_with_error(uow, bank_error)
-                    else:
-                        await claim.complete(uow, status=200, body=view)
+                    await claim.record(uow, body=view, error=bank_error)
                 await uow.commit()
     except PaymentServiceError as refusal:
         if refusal is bank_error:

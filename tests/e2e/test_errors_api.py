@@ -348,13 +348,13 @@ async def test_an_unexpected_failure_is_a_500_that_keeps_nothing(
     caplog: pytest.LogCaptureFixture,
     json_log: io.StringIO,
 ) -> None:
-    complete = IdempotencyClaim.complete
+    record = IdempotencyClaim.record
 
-    async def complete_then_fail(self: IdempotencyClaim, uow: Any, **kwargs: Any) -> None:
-        await complete(self, uow, **kwargs)  # the payment's rows are flushed by now
+    async def record_then_fail(self: IdempotencyClaim, uow: Any, **kwargs: Any) -> None:
+        await record(self, uow, **kwargs)  # the payment's rows are flushed by now
         raise RuntimeError(LEAKY_MESSAGE)
 
-    monkeypatch.setattr(IdempotencyClaim, "complete", complete_then_fail)
+    monkeypatch.setattr(IdempotencyClaim, "record", record_then_fail)
     correlation_id = f"defect-{uuid.uuid4().hex[:8]}"
 
     response = await client.post(

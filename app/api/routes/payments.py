@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,6 +30,7 @@ from app.domain.errors import (
 from app.services import idempotency
 from app.services.idempotency import IdempotencyClaim, StoredResponse
 from app.services.payments import (
+    TRANSACTION_ID_SHAPE,
     CardDetails,
     ProcessPayment,
     RefundPayment,
@@ -47,12 +47,11 @@ TransactionIdPath = Path(
     description="The payment's id; anything that is not one of yours answers 404.",
     examples=["txn_0f1e2d3c4b5a69788796a5b4c3d2e1f0"],
 )
-_TRANSACTION_ID_SHAPE = re.compile(r"^txn_[0-9a-f]{32}$")
 
 
 def _known_shape(transaction_id: str) -> str:
     # A malformed id is just an unknown one (SPEC: 404), answered without a query.
-    if not _TRANSACTION_ID_SHAPE.fullmatch(transaction_id):
+    if not TRANSACTION_ID_SHAPE.fullmatch(transaction_id):
         raise PaymentNotFound
     return transaction_id
 

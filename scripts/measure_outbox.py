@@ -216,11 +216,12 @@ async def measure_latency(
     to_acknowledged: list[float] = []
     for n in range(args.samples):
         row = synthetic_event(n)
+        relay.reserve(row)  # what a request does: lease it, commit it, publish it
         async with uow_factory() as uow:
             uow.outbox.add(row)
             await uow.commit()
         committed = time.perf_counter()
-        await relay.publish_committed([row.event_id])  # what a request does after commit
+        await relay.publish_committed([row])
         to_acknowledged.append(time.perf_counter() - committed)
         read = await reader.wait_for({str(row.event_id)}, timeout_s=10)
         to_readable.append(read - committed)

@@ -32,17 +32,17 @@ class IdempotencyClaim:
     resource_id: str
     render_error: ErrorRenderer
 
-    async def record(
+    def record(
         self,
         uow: UnitOfWork,
         *,
         body: dict[str, Any],
         error: PaymentServiceError | None = None,
     ) -> None:
-        """Store, in the caller's transaction, the answer retries replay: ``body`` with a
-        200, or the problem for ``error`` (a recorded bank failure)."""
+        """Store, with the caller's unit of work, the answer retries replay: ``body`` with
+        a 200, or the problem for ``error`` (a recorded bank failure)."""
         status, stored = (200, body) if error is None else self.render_error(error)
-        await uow.idempotency.complete(
+        uow.idempotency.complete(
             merchant_id=self.merchant_id, key=self.key, status=status, body=stored
         )
 
@@ -86,6 +86,7 @@ async def claim_or_replay(
     """
     now = ctx.clock()
     async with ctx.uow_factory() as uow:
+        await uow.without_transaction()  # the claim is one statement, durable at once
         claimed = await uow.idempotency.claim(
             merchant_id=merchant_id,
             key=key,
@@ -100,7 +101,7 @@ async def claim_or_replay(
             return IdempotencyClaim(
                 merchant_id=merchant_id,
                 key=key,
-                resource_id=claimed.resource_id,
+                resource_id=claimed,
                 render_error=render_error,
             )
         existing = await uow.idempotency.get(merchant_id=merchant_id, key=key)

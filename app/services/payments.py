@@ -273,6 +273,7 @@ async def _process_payment(
     )
     event = payment_outcome_event(txn, event_type=event_type_for_payment(status), occurred_at=now)
     view = payment_view(txn)
+    ctx.publisher.reserve(event)  # a new payment has no older event to wait for
     with span("payment.persist"):
         async with ctx.uow_factory() as uow:
             uow.payments.add(txn)
@@ -298,7 +299,7 @@ async def _process_payment(
                 )
             )
             if claim is not None:
-                await claim.record(uow, body=view, error=bank_error)
+                claim.record(uow, body=view, error=bank_error)
             await uow.commit()
     flow.tag(status=status.value, decline_code=txn.decline_code, failure_code=txn.failure_code)
     ctx.metrics.payment_processed(
@@ -316,7 +317,7 @@ async def _process_payment(
         extra={"transaction_id": transaction_id, "status": status.value},
     )
     with span("payment.publish"):
-        await ctx.publisher.publish_committed([event.event_id])
+        await ctx.publisher.publish_committed([event])
     if bank_error is not None:
         raise bank_error
     return view
@@ -441,6 +442,10 @@ async def _refund_payment(
                     refund, txn, event_type=event_type_for_refund(refund_status), occurred_at=now
                 )
                 view = refund_view(refund, txn)
+                # Publish it now only if it cannot overtake an older event of the payment
+                # (the row lock keeps newer ones from being written meanwhile).
+                if not await uow.outbox.has_unpublished(txn.transaction_id):
+                    ctx.publisher.reserve(event)
                 uow.refunds.add(refund)
                 uow.outbox.add(event)
                 uow.audit.append(
@@ -462,7 +467,7 @@ async def _refund_payment(
                     )
                 )
                 if claim is not None:
-                    await claim.record(uow, body=view, error=bank_error)
+                    claim.record(uow, body=view, error=bank_error)
                 await uow.commit()
     except PaymentServiceError as refusal:
         if refusal is bank_error:
@@ -485,7 +490,7 @@ async def _refund_payment(
         failure_code=failure_code,
     )
     with span("refund.publish"):
-        await ctx.publisher.publish_committed([event.event_id])
+        await ctx.publisher.publish_committed([event])
     if bank_error is not None:
         raise bank_error
     return view

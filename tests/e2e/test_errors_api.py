@@ -350,9 +350,14 @@ async def test_an_unexpected_failure_is_a_500_that_keeps_nothing(
 ) -> None:
     record = IdempotencyClaim.record
 
-    async def record_then_fail(self: IdempotencyClaim, uow: Any, **kwargs: Any) -> None:
-        await record(self, uow, **kwargs)  # the payment's rows are flushed by now
-        raise RuntimeError(LEAKY_MESSAGE)
+    def record_then_fail(self: IdempotencyClaim, uow: Any, **kwargs: Any) -> None:
+        record(self, uow, **kwargs)
+
+        async def flush_then_fail() -> None:
+            await uow.flush()  # the payment's rows are in the database, not committed
+            raise RuntimeError(LEAKY_MESSAGE)
+
+        uow.commit = flush_then_fail  # this unit of work only
 
     monkeypatch.setattr(IdempotencyClaim, "record", record_then_fail)
     correlation_id = f"defect-{uuid.uuid4().hex[:8]}"

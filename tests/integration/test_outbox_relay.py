@@ -226,7 +226,7 @@ async def insert_events(
                     payload={"event_id": str(event_id), "event_type": event_type, "seq": seq},
                     headers={"correlation_id": f"corr-{aggregate}-{seq}"},
                 )
-                uow.outbox.add(row)
+                uow.session.add(row)  # through the ORM, so the rows get their ids
                 rows.append(row)
             await uow.flush()
         await uow.commit()
@@ -395,7 +395,7 @@ async def test_a_claim_skips_events_whose_older_sibling_another_publisher_holds(
 
     async with uow_factory() as uow:
         assert await uow.outbox.claim(claimer="third", lease=lease, limit=10) == []
-        await uow.outbox.mark_published([rows[0].id], at=datetime.now(UTC))
+        await uow.outbox.mark_published([rows[0].event_id], at=datetime.now(UTC))
         await uow.commit()
     async with uow_factory() as uow:
         after = await uow.outbox.claim(claimer="third", lease=lease, limit=10)
@@ -417,14 +417,14 @@ async def test_an_expired_lease_is_claimable_again_and_only_its_holder_releases_
         (reclaimed,) = await uow.outbox.claim(
             claimer="alive", lease=timedelta(seconds=30), limit=10
         )
-        await uow.outbox.release([row.id], claimer="crashed", error="too late")
+        await uow.outbox.release([row.event_id], claimer="crashed", error="too late")
         await uow.commit()
     assert claimed.id == reclaimed.id == row.id
     (after,) = await outbox_rows(uow_factory)
     assert (after.claimed_by, after.attempts, after.last_error) == ("alive", 0, None)
 
     async with uow_factory() as uow:
-        await uow.outbox.release([row.id], claimer="alive", error="broker down")
+        await uow.outbox.release([row.event_id], claimer="alive", error="broker down")
         await uow.commit()
     (after,) = await outbox_rows(uow_factory)
     assert (after.claimed_by, after.claimed_until) == (None, None)

@@ -9,9 +9,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import case, delete, func, or_, select, update
+from sqlalchemy import DateTime, Table, bindparam, case, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased, selectinload
@@ -26,6 +26,7 @@ from app.adapters.db.models import (
     Transaction,
 )
 from app.adapters.db.notifications import CACHE_CHANNEL
+from app.adapters.db.staging import StagedWrites
 
 
 class MerchantRepository:
@@ -78,12 +79,13 @@ class ApiKeyRepository:
 class PaymentRepository:
     """Transactions, always scoped to the merchant that owns them."""
 
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, staged: StagedWrites) -> None:
         self._session = session
+        self._staged = staged
 
     def add(self, transaction: Transaction) -> None:
-        """Stage a new payment."""
-        self._session.add(transaction)
+        """Stage a new payment (inserted at flush or commit)."""
+        self._staged.insert(transaction)
 
     async def get(
         self, transaction_id: str, *, merchant_id: str, with_refunds: bool = False
@@ -114,19 +116,61 @@ class PaymentRepository:
 class RefundRepository:
     """Refunds against payments."""
 
-    def __init__(self, session: AsyncSession) -> None:
-        self._session = session
+    def __init__(self, staged: StagedWrites) -> None:
+        self._staged = staged
 
     def add(self, refund: Refund) -> None:
-        """Stage a new refund."""
-        self._session.add(refund)
+        """Stage a new refund (inserted at flush or commit)."""
+        self._staged.insert(refund)
+
+
+_IDEMPOTENCY = cast(Table, IdempotencyKey.__table__)
+_AT = DateTime(timezone=True)
+_claim_insert = insert(_IDEMPOTENCY).values(
+    merchant_id=bindparam("merchant_id"),
+    idempotency_key=bindparam("key"),
+    request_fingerprint=bindparam("fingerprint"),
+    resource_id=bindparam("resource_id"),
+    state="in_progress",
+    locked_until=bindparam("locked_until", type_=_AT),
+    expires_at=bindparam("expires_at", type_=_AT),
+    created_at=bindparam("now", type_=_AT),
+)
+_expired = _IDEMPOTENCY.c.expires_at < bindparam("now", type_=_AT)
+CLAIM_IDEMPOTENCY_KEY = _claim_insert.on_conflict_do_update(
+    index_elements=[_IDEMPOTENCY.c.merchant_id, _IDEMPOTENCY.c.idempotency_key],
+    set_={
+        "request_fingerprint": _claim_insert.excluded.request_fingerprint,
+        # A stale in-progress claim keeps its resource id (crash recovery); an expired
+        # record starts afresh.
+        "resource_id": case(
+            (_expired, _claim_insert.excluded.resource_id), else_=_IDEMPOTENCY.c.resource_id
+        ),
+        "state": "in_progress",
+        "response_status": None,
+        "response_body": None,
+        "locked_until": _claim_insert.excluded.locked_until,
+        "expires_at": _claim_insert.excluded.expires_at,
+        "created_at": _claim_insert.excluded.created_at,
+    },
+    where=(
+        _expired
+        | (
+            (_IDEMPOTENCY.c.state == "in_progress")
+            & (_IDEMPOTENCY.c.locked_until < bindparam("now", type_=_AT))
+            & (_IDEMPOTENCY.c.request_fingerprint == _claim_insert.excluded.request_fingerprint)
+        )
+    ),
+).returning(_IDEMPOTENCY.c.resource_id)
+"""The atomic claim, built once: insert, or take over a stale claim or an expired record."""
 
 
 class IdempotencyRepository:
     """Idempotency keys: an atomic claim, then the stored response."""
 
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, staged: StagedWrites) -> None:
         self._session = session
+        self._staged = staged
 
     async def claim(
         self,
@@ -138,53 +182,29 @@ class IdempotencyRepository:
         now: datetime,
         lock_for: timedelta,
         keep_for: timedelta,
-    ) -> IdempotencyKey | None:
-        """Insert an in-progress claim; None when the key already exists for the merchant.
+    ) -> str | None:
+        """Insert an in-progress claim and return its resource id; None when the key
+        already exists for the merchant.
 
         A claim left behind by a crashed request (in progress past ``locked_until``) or an
-        expired record is taken over in the same statement.
+        expired record is taken over in the same statement; a stale claim keeps the
+        resource id it had.
         """
-        stmt = (
-            insert(IdempotencyKey)
-            .values(
-                merchant_id=merchant_id,
-                idempotency_key=key,
-                request_fingerprint=request_fingerprint,
-                resource_id=resource_id,
-                state="in_progress",
-                locked_until=now + lock_for,
-                expires_at=now + keep_for,
-                created_at=now,
-            )
-            .on_conflict_do_update(
-                index_elements=[IdempotencyKey.merchant_id, IdempotencyKey.idempotency_key],
-                set_={
-                    "request_fingerprint": request_fingerprint,
-                    # A stale in-progress claim keeps its resource id (crash recovery);
-                    # an expired record starts afresh.
-                    "resource_id": case(
-                        (IdempotencyKey.expires_at < now, resource_id),
-                        else_=IdempotencyKey.resource_id,
-                    ),
-                    "state": "in_progress",
-                    "response_status": None,
-                    "response_body": None,
-                    "locked_until": now + lock_for,
-                    "expires_at": now + keep_for,
-                    "created_at": now,
-                },
-                where=(
-                    (IdempotencyKey.expires_at < now)
-                    | (
-                        (IdempotencyKey.state == "in_progress")
-                        & (IdempotencyKey.locked_until < now)
-                        & (IdempotencyKey.request_fingerprint == request_fingerprint)
-                    )
-                ),
-            )
-            .returning(IdempotencyKey)
+        connection = await self._session.connection()
+        result = await connection.execute(
+            CLAIM_IDEMPOTENCY_KEY,
+            {
+                "merchant_id": merchant_id,
+                "key": key,
+                "fingerprint": request_fingerprint,
+                "resource_id": resource_id,
+                "now": now,
+                "locked_until": now + lock_for,
+                "expires_at": now + keep_for,
+            },
         )
-        return (await self._session.execute(stmt)).scalar_one_or_none()
+        claimed: str | None = result.scalar_one_or_none()
+        return claimed
 
     async def get(self, *, merchant_id: str, key: str) -> IdempotencyKey | None:
         """The stored record for this merchant's key."""
@@ -193,14 +213,12 @@ class IdempotencyRepository:
         )
         return (await self._session.execute(stmt)).scalar_one_or_none()
 
-    async def complete(
-        self, *, merchant_id: str, key: str, status: int, body: dict[str, Any]
-    ) -> None:
-        """Record the response that later retries replay."""
-        await self._session.execute(
-            update(IdempotencyKey)
-            .where(IdempotencyKey.merchant_id == merchant_id, IdempotencyKey.idempotency_key == key)
-            .values(state="completed", response_status=status, response_body=body)
+    def complete(self, *, merchant_id: str, key: str, status: int, body: dict[str, Any]) -> None:
+        """Stage the response that later retries replay (written with the unit of work)."""
+        self._staged.update(
+            _IDEMPOTENCY,
+            where={"merchant_id": merchant_id, "idempotency_key": key},
+            values={"state": "completed", "response_status": status, "response_body": body},
         )
 
     async def release(self, *, merchant_id: str, key: str) -> None:
@@ -221,6 +239,17 @@ class IdempotencyRepository:
         return int(getattr(result, "rowcount", 0) or 0)
 
 
+_OUTBOX = cast(Table, OutboxEvent.__table__)
+_MARK_PUBLISHED = (
+    update(_OUTBOX)
+    .where(
+        _OUTBOX.c.event_id.in_(bindparam("event_ids", expanding=True)),
+        _OUTBOX.c.published_at.is_(None),
+    )
+    .values(published_at=bindparam("at", type_=_AT), claimed_until=None)
+)
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxBacklog:
     """How far the relay is behind."""
@@ -232,12 +261,13 @@ class OutboxBacklog:
 class OutboxRepository:
     """Events waiting to be published, written in the same transaction as their change."""
 
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, staged: StagedWrites) -> None:
         self._session = session
+        self._staged = staged
 
     def add(self, event: OutboxEvent) -> None:
-        """Stage an event with the change it describes."""
-        self._session.add(event)
+        """Stage an event with the change it describes (inserted at flush or commit)."""
+        self._staged.insert(event)
 
     async def claim(
         self,
@@ -299,34 +329,42 @@ class OutboxRepository:
         claimed = list((await self._session.execute(stmt)).scalars())
         return sorted(claimed, key=lambda event: event.id)
 
-    async def release(self, ids: list[int], *, claimer: str, error: str | None) -> None:
+    async def has_unpublished(self, aggregate_id: str) -> bool:
+        """Whether an event of this transaction is still waiting to be published."""
+        stmt = select(
+            select(_OUTBOX.c.id)
+            .where(_OUTBOX.c.aggregate_id == aggregate_id, _OUTBOX.c.published_at.is_(None))
+            .exists()
+        )
+        connection = await self._session.connection()
+        return bool((await connection.execute(stmt)).scalar())
+
+    async def release(self, event_ids: list[uuid.UUID], *, claimer: str, error: str | None) -> None:
         """Give back ``claimer``'s lease on unpublished events; ``error`` counts an attempt.
 
         A lease that ran out and was taken by another publisher is left alone.
         """
-        if not ids:
+        if not event_ids:
             return
         values: dict[str, Any] = {"claimed_by": None, "claimed_until": None}
         if error is not None:
-            values |= {"attempts": OutboxEvent.attempts + 1, "last_error": error[:1000]}
-        await self._session.execute(
-            update(OutboxEvent)
+            values |= {"attempts": _OUTBOX.c.attempts + 1, "last_error": error[:1000]}
+        connection = await self._session.connection()
+        await connection.execute(
+            update(_OUTBOX)
             .where(
-                OutboxEvent.id.in_(ids),
-                OutboxEvent.claimed_by == claimer,
-                OutboxEvent.published_at.is_(None),
+                _OUTBOX.c.event_id.in_(event_ids),
+                _OUTBOX.c.claimed_by == claimer,
+                _OUTBOX.c.published_at.is_(None),
             )
             .values(**values)
         )
 
-    async def mark_published(self, ids: list[int], *, at: datetime) -> None:
+    async def mark_published(self, event_ids: list[uuid.UUID], *, at: datetime) -> None:
         """Record successful publication (the first one wins) and drop the lease."""
-        if ids:
-            await self._session.execute(
-                update(OutboxEvent)
-                .where(OutboxEvent.id.in_(ids), OutboxEvent.published_at.is_(None))
-                .values(published_at=at, claimed_until=None)
-            )
+        if event_ids:
+            connection = await self._session.connection()
+            await connection.execute(_MARK_PUBLISHED, {"event_ids": event_ids, "at": at})
 
     async def backlog(self) -> OutboxBacklog:
         """Pending count and the age of the oldest pending event."""
@@ -346,9 +384,9 @@ class OutboxRepository:
 class AuditLogRepository:
     """The append-only audit trail; there is deliberately no update or delete here."""
 
-    def __init__(self, session: AsyncSession) -> None:
-        self._session = session
+    def __init__(self, staged: StagedWrites) -> None:
+        self._staged = staged
 
     def append(self, entry: AuditLogEntry) -> None:
-        """Stage an audit row in the current transaction."""
-        self._session.add(entry)
+        """Stage an audit row, written atomically with the rest of the unit of work."""
+        self._staged.insert(entry)

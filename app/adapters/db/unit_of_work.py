@@ -2,6 +2,12 @@
 
 Use it as ``async with uow:``; nothing is kept unless ``await uow.commit()`` is called,
 and any exception or early exit rolls back.
+
+New payments, refunds, outbox events, audit entries and idempotency answers are *staged*
+(:mod:`app.adapters.db.staging`) and written together as one statement at flush or
+commit. A unit of work whose only work is that statement -- the common case, a payment
+being recorded -- commits it on its own, without ``BEGIN``/``COMMIT`` round trips: one
+statement is atomic by itself.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from app.adapters.db.repositories import (
     PaymentRepository,
     RefundRepository,
 )
+from app.adapters.db.staging import StagedWrites
 
 
 class UnitOfWork:
@@ -37,6 +44,7 @@ class UnitOfWork:
         self._session_factory = session_factory
         self._session: AsyncSession | None = None
         self._committed = False
+        self._staged = StagedWrites()
 
     @property
     def session(self) -> AsyncSession:
@@ -49,13 +57,14 @@ class UnitOfWork:
         session = self._session_factory()
         self._session = session
         self._committed = False
+        staged = self._staged = StagedWrites()
         self.merchants = MerchantRepository(session)
         self.api_keys = ApiKeyRepository(session)
-        self.payments = PaymentRepository(session)
-        self.refunds = RefundRepository(session)
-        self.idempotency = IdempotencyRepository(session)
-        self.outbox = OutboxRepository(session)
-        self.audit = AuditLogRepository(session)
+        self.payments = PaymentRepository(session, staged)
+        self.refunds = RefundRepository(staged)
+        self.idempotency = IdempotencyRepository(session, staged)
+        self.outbox = OutboxRepository(session, staged)
+        self.audit = AuditLogRepository(staged)
         return self
 
     async def __aexit__(
@@ -69,18 +78,43 @@ class UnitOfWork:
             if not self._committed:
                 await session.rollback()
         finally:
+            self._staged.clear()
             await session.close()
             self._session = None
 
+    async def without_transaction(self) -> None:
+        """Run each statement of this unit on its own (autocommit).
+
+        For units whose work is one atomic statement (claiming an idempotency key): it
+        saves the ``BEGIN`` and ``COMMIT`` round trips. Call it before any statement.
+        """
+        await self.session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+
     async def commit(self) -> None:
         """Make every staged change durable, atomically."""
-        await self.session.commit()
+        session = self.session
+        if self._staged and not session.in_transaction() and not _orm_pending(session):
+            # Nothing else happened in this unit: its one statement needs no transaction.
+            await self.without_transaction()
+        await self.flush()
+        await session.commit()
         self._committed = True
 
     async def rollback(self) -> None:
         """Discard every staged change."""
+        self._staged.clear()
         await self.session.rollback()
 
     async def flush(self) -> None:
         """Send staged changes to the database without committing (to surface constraint errors)."""
-        await self.session.flush()
+        session = self.session
+        await session.flush()
+        if self._staged:
+            statement, params = self._staged.statement()
+            connection = await session.connection()
+            await connection.execute(statement, params)
+            self._staged.clear()
+
+
+def _orm_pending(session: AsyncSession) -> bool:
+    return bool(session.new or session.dirty or session.deleted)

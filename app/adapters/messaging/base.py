@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from typing import Protocol
+
+from app.adapters.db.models import OutboxEvent
 
 
 class EventPublisher(Protocol):
     """Publishes committed outbox events; never raises into the request that wrote them."""
 
-    async def publish_committed(self, event_ids: Sequence[uuid.UUID]) -> None:
-        """Try to publish these just-committed events now; the relay retries what fails."""
+    def reserve(self, event: OutboxEvent) -> bool:
+        """Before the commit: mark the event as this process's to publish right after it."""
+        ...
+
+    async def publish_committed(self, events: Sequence[OutboxEvent]) -> None:
+        """Try to publish the reserved, just-committed events now; the relay retries what fails."""
         ...
 
     @property
@@ -29,7 +34,11 @@ class OutboxOnlyPublisher:
 
     enabled = False
 
-    async def publish_committed(self, event_ids: Sequence[uuid.UUID]) -> None:
+    def reserve(self, event: OutboxEvent) -> bool:
+        """Nothing publishes now: the event stays pending."""
+        return False
+
+    async def publish_committed(self, events: Sequence[OutboxEvent]) -> None:
         """Leave the events pending."""
 
     async def broker_available(self) -> bool:

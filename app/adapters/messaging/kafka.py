@@ -9,10 +9,17 @@ transaction (``UPDATE ... SET claimed_by, claimed_until WHERE id IN (SELECT ... 
 SKIP LOCKED) RETURNING``) and commits; it then talks to Kafka holding no lock and no open
 transaction; a second short transaction marks what was acknowledged as published and gives
 back the lease on the rest (counting the attempt). A lease that runs out (a crashed
-worker) makes its events claimable again. The request path claims its own events the same
-way, and the background relay leaves events younger than a short grace to the request
-that wrote them, so in the normal case each event is published exactly once, by its
-request, before the request answers.
+worker) makes its events claimable again.
+
+The request path takes its lease before the commit: :meth:`KafkaOutboxRelay.reserve` stamps
+the new outbox row with this process's lease, so the row is written already claimed, in
+the same statement as the change it describes. After the commit the request sends the
+event it still holds in memory and marks it published with one statement -- no claim
+transaction, no reload. The background relay leaves leased rows (and, by a short grace,
+any very fresh row) alone, so in the normal case each event is published exactly once, by
+its request, before the request answers. A request only reserves an event when no older
+event of its transaction is still unpublished (``OutboxRepository.has_unpublished``, read
+under the payment's row lock); otherwise the relay publishes it, in order.
 
 Per-transaction order. Events are keyed by ``transaction_id`` (so all of a transaction's
 events land on one partition), and a claim only takes an event when every older
@@ -107,10 +114,11 @@ def kafka_record(event: OutboxEvent) -> tuple[bytes, bytes, list[tuple[str, byte
 
 
 def _waves(events: Sequence[OutboxEvent]) -> list[list[OutboxEvent]]:
-    """Split a claim by position within its transaction: firsts, then seconds, and so on."""
+    """Split a claim (in commit order) by position within its transaction: firsts, then
+    seconds, and so on."""
     seen: dict[str, int] = defaultdict(int)
     waves: list[list[OutboxEvent]] = []
-    for event in sorted(events, key=lambda e: e.id):
+    for event in events:
         rank = seen[event.aggregate_id]
         seen[event.aggregate_id] += 1
         if rank == len(waves):
@@ -121,12 +129,12 @@ def _waves(events: Sequence[OutboxEvent]) -> list[list[OutboxEvent]]:
 
 @dataclass(slots=True)
 class BatchResult:
-    """What happened to one claim."""
+    """What happened to one claim, by ``event_id``."""
 
     claimed: int = 0
-    published: list[int] = field(default_factory=list)
-    failed: dict[int, str] = field(default_factory=dict)
-    deferred: list[int] = field(default_factory=list)
+    published: list[uuid.UUID] = field(default_factory=list)
+    failed: dict[uuid.UUID, str] = field(default_factory=dict)
+    deferred: list[uuid.UUID] = field(default_factory=list)
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:
@@ -205,17 +213,30 @@ class KafkaOutboxRelay:
 
     # -- EventPublisher ---------------------------------------------------------------
 
-    async def publish_committed(self, event_ids: Sequence[uuid.UUID]) -> None:
-        """Publish these just-committed events now, waiting at most the publish timeout.
+    def reserve(self, event: OutboxEvent) -> bool:
+        """Lease a not yet committed event to the request writing it, if Kafka is up.
+
+        The row is then written already claimed by this process, and the request publishes
+        it right after its commit (:meth:`publish_committed`); the background relay only
+        takes it if that lease runs out. Returns whether the event was reserved.
+        """
+        if self._producer is None or not self._healthy or self._stopping.is_set():
+            return False
+        event.claimed_by = self._new_claimer()
+        event.claimed_until = datetime.now(UTC) + self._lease
+        return True
+
+    async def publish_committed(self, events: Sequence[OutboxEvent]) -> None:
+        """Publish the just-committed events this process reserved, waiting at most the
+        publish timeout.
 
         Never raises: anything not acknowledged in time stays pending for the relay.
         The publication continues even if the calling request is cancelled.
         """
-        if not event_ids or self._producer is None or not self._healthy:
+        mine = [event for event in events if self._reserved_here(event)]
+        if not mine:
             return
-        if self._stopping.is_set():
-            return
-        task = asyncio.create_task(self._publish_now(list(event_ids)))
+        task = asyncio.create_task(self._publish_now(mine))
         self._request_publications.add(task)
         task.add_done_callback(self._request_publications.discard)
         await asyncio.shield(task)
@@ -312,17 +333,19 @@ class KafkaOutboxRelay:
         producer = self._producer
         if producer is None:
             return BatchResult()
-        return await self._claim_and_publish(
-            producer, limit=limit, event_ids=None, min_age=self._fresh_grace
-        )
+        return await self._claim_and_publish(producer, limit=limit, min_age=self._fresh_grace)
 
-    async def _publish_now(self, event_ids: list[uuid.UUID]) -> None:
+    async def _publish_now(self, events: list[OutboxEvent]) -> None:
         producer = self._producer
-        if producer is None:
-            return
         try:
-            result = await self._claim_and_publish(
-                producer, limit=len(event_ids), event_ids=event_ids
+            if producer is None or not self._healthy or self._stopping.is_set():
+                # Kafka went away since the reservation: hand the events to the relay now
+                # rather than when their lease runs out.
+                result = BatchResult(claimed=len(events), deferred=[e.event_id for e in events])
+            else:
+                result = await self._send(producer, events)
+            await self._settle(
+                result, claimers={e.event_id: e.claimed_by for e in events if e.claimed_by}
             )
         except Exception as exc:
             logger.warning(
@@ -330,6 +353,10 @@ class KafkaOutboxRelay:
                 _describe(exc),
             )
             return
+        self._record_outcome(result)
+        self._metrics.outbox_published(
+            path="request", published=len(result.published), failed=len(result.failed)
+        )
         if result.failed:
             logger.warning(
                 "%d event(s) not published after commit (%s); the outbox relay will retry",
@@ -342,52 +369,52 @@ class KafkaOutboxRelay:
         producer: AIOKafkaProducer,
         *,
         limit: int,
-        event_ids: Sequence[uuid.UUID] | None,
         min_age: timedelta | None = None,
     ) -> BatchResult:
-        claimer = f"{self._instance}#{next(self._claims)}"
+        claimer = self._new_claimer()
         async with self._uow_factory() as uow:
             events = await uow.outbox.claim(
-                claimer=claimer,
-                lease=self._lease,
-                limit=limit,
-                event_ids=event_ids,
-                min_age=min_age,
+                claimer=claimer, lease=self._lease, limit=limit, min_age=min_age
             )
             await uow.commit()
         if not events:
             return BatchResult()
         started = time.perf_counter()
         result = await self._send(producer, events)
-        await self._settle(claimer, result)
+        await self._settle(result, claimers=dict.fromkeys((e.event_id for e in events), claimer))
+        self._record_outcome(result)
+        self._metrics.outbox_published(
+            path="relay", published=len(result.published), failed=len(result.failed)
+        )
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        logger.info(
+            "outbox: published %d of %d event(s) (%d failed, %d deferred) in %.1f ms",
+            len(result.published),
+            result.claimed,
+            len(result.failed),
+            len(result.deferred),
+            elapsed_ms,
+            extra={
+                "outbox_claimed": result.claimed,
+                "outbox_published": len(result.published),
+                "outbox_failed": len(result.failed),
+                "outbox_deferred": len(result.deferred),
+                "outbox_publish_ms": round(elapsed_ms, 1),
+            },
+        )
+        return result
+
+    def _record_outcome(self, result: BatchResult) -> None:
         if result.published:
             self._healthy = True
         elif result.failed:
             self._healthy = False
-        self._metrics.outbox_published(
-            path="relay" if event_ids is None else "request",
-            published=len(result.published),
-            failed=len(result.failed),
-        )
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        counts = {
-            "outbox_claimed": result.claimed,
-            "outbox_published": len(result.published),
-            "outbox_failed": len(result.failed),
-            "outbox_deferred": len(result.deferred),
-            "outbox_publish_ms": round(elapsed_ms, 1),
-        }
-        if event_ids is None or result.failed:
-            logger.info(
-                "outbox: published %d of %d event(s) (%d failed, %d deferred) in %.1f ms",
-                len(result.published),
-                result.claimed,
-                len(result.failed),
-                len(result.deferred),
-                elapsed_ms,
-                extra=counts,
-            )
-        return result
+
+    def _new_claimer(self) -> str:
+        return f"{self._instance}#{next(self._claims)}"
+
+    def _reserved_here(self, event: OutboxEvent) -> bool:
+        return bool(event.claimed_by and event.claimed_by.startswith(f"{self._instance}#"))
 
     async def _send(self, producer: AIOKafkaProducer, events: list[OutboxEvent]) -> BatchResult:
         """Send a claim wave by wave within the publish timeout; never raises."""
@@ -395,37 +422,37 @@ class KafkaOutboxRelay:
         deadline = asyncio.get_running_loop().time() + self._publish_timeout_s
         blocked: set[str] = set()
         for wave in _waves(events):
-            futures: dict[int, asyncio.Future[Any]] = {}
+            futures: dict[uuid.UUID, asyncio.Future[Any]] = {}
             for event in wave:
                 if event.aggregate_id in blocked:
-                    result.deferred.append(event.id)
+                    result.deferred.append(event.event_id)
                     continue
                 key, value, headers = kafka_record(event)
                 try:
                     async with asyncio.timeout_at(deadline):
-                        futures[event.id] = await producer.send(
+                        futures[event.event_id] = await producer.send(
                             self._topic, value=value, key=key, headers=headers
                         )
                 except Exception as exc:
-                    result.failed[event.id] = _describe(exc)
+                    result.failed[event.event_id] = _describe(exc)
                     blocked.add(event.aggregate_id)
             if futures:
                 remaining = max(0.0, deadline - asyncio.get_running_loop().time())
                 await asyncio.wait(futures.values(), timeout=remaining)
             for event in wave:
-                future = futures.get(event.id)
+                future = futures.get(event.event_id)
                 if future is None:
                     continue
                 if not future.done():
                     future.add_done_callback(_retrieve_exception)
-                    result.failed[event.id] = (
+                    result.failed[event.event_id] = (
                         f"no acknowledgement within {self._publish_timeout_s:g} s"
                     )
                 elif future.cancelled() or future.exception() is not None:
                     error = future.exception() if not future.cancelled() else None
-                    result.failed[event.id] = _describe(error) if error else "cancelled"
+                    result.failed[event.event_id] = _describe(error) if error else "cancelled"
                 else:
-                    result.published.append(event.id)
+                    result.published.append(event.event_id)
                     continue
                 blocked.add(event.aggregate_id)
         return result
@@ -433,25 +460,30 @@ class KafkaOutboxRelay:
     @backoff.on_exception(
         backoff.expo, (SQLAlchemyError, OSError), max_tries=4, max_value=2, logger=logger
     )
-    async def _settle(self, claimer: str, result: BatchResult) -> None:
-        """Mark what Kafka acknowledged as published and hand back the rest."""
-        by_error: dict[str, list[int]] = defaultdict(list)
+    async def _settle(self, result: BatchResult, *, claimers: dict[uuid.UUID, str]) -> None:
+        """Mark what Kafka acknowledged as published and hand back the rest.
+
+        ``claimers`` names the lease each unpublished event is held under: a lease that
+        ran out and was taken by another publisher is left alone.
+        """
+        released: dict[tuple[str, str | None], list[uuid.UUID]] = defaultdict(list)
         for event_id, error in result.failed.items():
-            by_error[error].append(event_id)
+            released[(claimers[event_id], error)].append(event_id)
+        for event_id in result.deferred:
+            released[(claimers[event_id], None)].append(event_id)
         async with self._uow_factory() as uow:
+            if not released:
+                await uow.without_transaction()  # one statement: no BEGIN/COMMIT needed
             await uow.outbox.mark_published(result.published, at=datetime.now(UTC))
-            for error, ids in by_error.items():
-                await uow.outbox.release(ids, claimer=claimer, error=error)
-            await uow.outbox.release(result.deferred, claimer=claimer, error=None)
+            for (claimer, attempt_error), event_ids in released.items():
+                await uow.outbox.release(event_ids, claimer=claimer, error=attempt_error)
             await uow.commit()
 
     async def _drain_before_shutdown(self, producer: AIOKafkaProducer) -> None:
         deadline = time.monotonic() + self._shutdown_drain_s
         while time.monotonic() < deadline:
             try:
-                result = await self._claim_and_publish(
-                    producer, limit=self._batch_size, event_ids=None
-                )
+                result = await self._claim_and_publish(producer, limit=self._batch_size)
             except Exception as exc:
                 logger.warning("outbox drain on shutdown stopped: %s", _describe(exc))
                 return

@@ -425,6 +425,7 @@ async def _refund_payment(
                     txn.status = decision.new_status.value
                     txn.refunded_minor = decision.new_refunded_minor
                     txn.updated_at = now
+                    uow.payments.update_balance(txn)
                 refund = Refund(
                     refund_id=refund_id,
                     transaction_id=txn.transaction_id,
@@ -501,6 +502,7 @@ async def get_payment(
 ) -> dict[str, Any]:
     """The merchant's payment with its refunds; another merchant's is not found."""
     async with ctx.uow_factory() as uow:
+        await uow.without_transaction()  # one statement: its own snapshot
         txn = await uow.payments.get(
             transaction_id, merchant_id=merchant.merchant_id, with_refunds=True
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -16,8 +17,10 @@ from sqlalchemy import create_engine, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.adapters.db.engine import build_engine
 from app.adapters.db.models import AuditLogEntry, Base, Merchant, Transaction
 from app.adapters.db.unit_of_work import UnitOfWork
+from app.core.config import Settings
 from tests.conftest import alembic_config
 from tests.factories import ApiKeyFactory, MerchantFactory, RefundFactory, TransactionFactory
 
@@ -281,3 +284,33 @@ def test_models_are_the_ones_alembic_sees() -> None:
     assert {"merchants", "transactions", "refunds", "audit_log"} <= set(Base.metadata.tables)
     assert Transaction.__table__.c.amount_minor.type.python_type is int
     assert Merchant.__table__.c.currencies is not None
+
+
+async def test_pooled_connections_the_server_closed_are_replaced_without_an_error(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    # What a PostgreSQL restart does to an idle pool: the server closes every connection.
+    name = f"pool-restart-{uuid.uuid4().hex[:8]}"
+    pool = build_engine(settings, application_name=name)
+    try:
+        held = [await pool.connect() for _ in range(3)]
+        old_pids = {(await c.execute(text("SELECT pg_backend_pid()"))).scalar_one() for c in held}
+        for connection in held:
+            await connection.close()  # back to the pool, idle
+        async with engine.connect() as admin:
+            ended = await admin.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE application_name = :name"
+                ),
+                {"name": name},
+            )
+            assert ended.scalar_one() == 3
+        await asyncio.sleep(0.2)  # let the event loop read the end of those streams
+
+        for _ in range(3):
+            async with pool.connect() as connection:
+                pid = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+            assert pid not in old_pids
+    finally:
+        await pool.dispose()

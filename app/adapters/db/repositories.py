@@ -14,7 +14,7 @@ from typing import Any, cast
 from sqlalchemy import DateTime, Table, bindparam, case, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased, selectinload
+from sqlalchemy.orm import aliased, joinedload
 
 from app.adapters.db.models import (
     ApiKey,
@@ -76,6 +76,9 @@ class ApiKeyRepository:
         ).scalar_one_or_none()
 
 
+_TRANSACTIONS = cast(Table, Transaction.__table__)
+
+
 class PaymentRepository:
     """Transactions, always scoped to the merchant that owns them."""
 
@@ -90,17 +93,25 @@ class PaymentRepository:
     async def get(
         self, transaction_id: str, *, merchant_id: str, with_refunds: bool = False
     ) -> Transaction | None:
-        """The merchant's payment, or None (another merchant's payment is None too)."""
+        """The merchant's payment, or None (another merchant's payment is None too).
+
+        With its refunds it is still one statement (a join), so the payment and its
+        refunds come from one snapshot even outside a transaction.
+        """
         stmt = select(Transaction).where(
             Transaction.transaction_id == transaction_id,
             Transaction.merchant_id == merchant_id,
         )
         if with_refunds:
-            stmt = stmt.options(selectinload(Transaction.refunds))
-        return (await self._session.execute(stmt)).scalar_one_or_none()
+            stmt = stmt.options(joinedload(Transaction.refunds))
+        return (await self._session.execute(stmt)).unique().scalar_one_or_none()
 
     async def get_for_update(self, transaction_id: str, *, merchant_id: str) -> Transaction | None:
-        """The merchant's payment, row-locked to the end of the transaction (refunds queue here)."""
+        """The merchant's payment, row-locked to the end of the transaction (refunds queue here).
+
+        The row is detached from the session: change its balance with
+        :meth:`update_balance`, which writes with the rest of the unit of work.
+        """
         stmt = (
             select(Transaction)
             .where(
@@ -110,7 +121,22 @@ class PaymentRepository:
             .with_for_update()
             .execution_options(populate_existing=True)
         )
-        return (await self._session.execute(stmt)).scalar_one_or_none()
+        txn = (await self._session.execute(stmt)).scalar_one_or_none()
+        if txn is not None:
+            self._session.expunge(txn)
+        return txn
+
+    def update_balance(self, txn: Transaction) -> None:
+        """Stage writing the payment's status, refunded amount and ``updated_at``."""
+        self._staged.update(
+            _TRANSACTIONS,
+            where={"transaction_id": txn.transaction_id},
+            values={
+                "status": txn.status,
+                "refunded_minor": txn.refunded_minor,
+                "updated_at": txn.updated_at,
+            },
+        )
 
 
 class RefundRepository:

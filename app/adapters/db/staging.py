@@ -49,7 +49,15 @@ class _Write:
 def _mapped_columns(cls: type[Base]) -> tuple[tuple[str, Column[Any]], ...]:
     """(attribute name, column) for every mapped column of an ORM class."""
     mapper = inspect(cls)
-    return tuple((prop.key, prop.columns[0]) for prop in mapper.column_attrs)  # type: ignore[misc]
+    columns = tuple((prop.key, cast(Column[Any], prop.columns[0])) for prop in mapper.column_attrs)
+    for attribute, column in columns:
+        if column.default is not None:
+            # A staged insert sends only what is set; a Python-side default would be lost.
+            raise TypeError(
+                f"{cls.__name__}.{attribute} has a Python-side default; staged inserts "
+                "rely on server defaults only"
+            )
+    return columns
 
 
 def row_values(row: Base) -> tuple[tuple[str, Any], ...]:

@@ -1,0 +1,422 @@
+"""Staged writes: a unit of work's new rows and keyed updates go out as ONE statement.
+
+On the real PostgreSQL: the statements the engine sends are counted with SQLAlchemy's
+``before_cursor_execute`` event, and everything is read back from other connections.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import pytest
+from sqlalchemy import Table, event, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.adapters.db.models import AuditLogEntry, IdempotencyKey, OutboxEvent, Transaction
+from app.adapters.db.staging import StagedWrites
+from app.adapters.db.unit_of_work import UnitOfWork
+from tests.factories import MerchantFactory, TransactionFactory
+
+UowFactory = Callable[[], UnitOfWork]
+MERCHANT = "merchant_00000"
+KEY = "idem-key-1"
+
+
+# -- helpers --------------------------------------------------------------------------
+
+
+@dataclass
+class Executed:
+    """A statement the engine sent, and whether the connection was in a transaction after."""
+
+    sql: str
+    driver: Any = None
+    in_transaction_after: bool | None = None
+
+
+@contextmanager
+def recorded_statements(engine: AsyncEngine) -> Iterator[list[Executed]]:
+    """Every statement sent through ``engine`` while the block runs."""
+    executed: list[Executed] = []
+
+    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        executed.append(Executed(statement, conn.connection.driver_connection))
+
+    def after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        # asyncpg's own view of the connection: is a transaction (BEGIN) open?
+        executed[-1].in_transaction_after = executed[-1].driver.is_in_transaction()
+
+    sync_engine = engine.sync_engine
+    event.listen(sync_engine, "before_cursor_execute", before)
+    event.listen(sync_engine, "after_cursor_execute", after)
+    try:
+        yield executed
+    finally:
+        event.remove(sync_engine, "before_cursor_execute", before)
+        event.remove(sync_engine, "after_cursor_execute", after)
+
+
+async def seed_merchant_and_claim(uow_factory: UowFactory, *, resource_id: str) -> None:
+    """A merchant, and an in-progress idempotency claim for ``KEY`` (committed)."""
+    async with uow_factory() as uow:
+        uow.merchants.add(MerchantFactory(merchant_id=MERCHANT))
+        await uow.commit()
+    now = datetime.now(UTC)
+    async with uow_factory() as uow:
+        claimed = await uow.idempotency.claim(
+            merchant_id=MERCHANT,
+            key=KEY,
+            request_fingerprint="f" * 64,
+            resource_id=resource_id,
+            now=now,
+            lock_for=timedelta(seconds=60),
+            keep_for=timedelta(hours=24),
+        )
+        await uow.commit()
+    assert claimed == resource_id
+
+
+def new_event(aggregate_id: str, *, event_id: uuid.UUID | None = None) -> OutboxEvent:
+    event_id = event_id or uuid.uuid4()
+    return OutboxEvent(
+        event_id=event_id,
+        event_type="payment.captured",
+        aggregate_id=aggregate_id,
+        payload={"event_id": str(event_id), "transaction_id": aggregate_id},
+        headers={"correlation_id": "corr-staged"},
+    )
+
+
+def new_audit(resource_id: str, *, outcome: str = "success") -> AuditLogEntry:
+    return AuditLogEntry(
+        actor=f"merchant:{MERCHANT}",
+        action="payment.process",
+        resource_type="payment",
+        resource_id=resource_id,
+        outcome=outcome,
+        correlation_id="corr-staged",
+        details={"status": "captured"},
+    )
+
+
+def stage_payment(
+    uow: UnitOfWork,
+    txn: Transaction,
+    *,
+    event: OutboxEvent | None = None,
+    audit: AuditLogEntry | None = None,
+) -> None:
+    """What recording a payment stages: the payment, its event, its audit row, its answer."""
+    uow.payments.add(txn)
+    uow.outbox.add(event or new_event(txn.transaction_id))
+    uow.audit.append(audit or new_audit(txn.transaction_id))
+    uow.idempotency.complete(
+        merchant_id=MERCHANT,
+        key=KEY,
+        status=201,
+        body={"transaction_id": txn.transaction_id, "status": "captured"},
+    )
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What the database holds for one payment, read on a fresh connection."""
+
+    payment: bool
+    events: list[uuid.UUID]
+    audit_outcomes: list[str]
+    idempotency: tuple[str, int | None, Any]
+
+
+async def stored(engine: AsyncEngine, transaction_id: str) -> Stored:
+    async with engine.connect() as conn:
+        payment = (
+            await conn.execute(
+                select(Transaction.transaction_id).where(
+                    Transaction.transaction_id == transaction_id
+                )
+            )
+        ).scalar_one_or_none()
+        events = (
+            await conn.execute(
+                select(OutboxEvent.event_id)
+                .where(OutboxEvent.aggregate_id == transaction_id)
+                .order_by(OutboxEvent.id)
+            )
+        ).scalars()
+        outcomes = (
+            await conn.execute(
+                select(AuditLogEntry.outcome).where(AuditLogEntry.resource_id == transaction_id)
+            )
+        ).scalars()
+        idempotency = (
+            await conn.execute(
+                select(
+                    IdempotencyKey.state,
+                    IdempotencyKey.response_status,
+                    IdempotencyKey.response_body,
+                ).where(
+                    IdempotencyKey.merchant_id == MERCHANT, IdempotencyKey.idempotency_key == KEY
+                )
+            )
+        ).one()
+        return Stored(
+            payment=payment is not None,
+            events=list(events),
+            audit_outcomes=list(outcomes),
+            idempotency=(idempotency[0], idempotency[1], idempotency[2]),
+        )
+
+
+def completed(txn: Transaction) -> tuple[str, int, dict[str, str]]:
+    return ("completed", 201, {"transaction_id": txn.transaction_id, "status": "captured"})
+
+
+NOT_COMPLETED = ("in_progress", None, None)
+
+
+# -- one statement, autocommitted -----------------------------------------------------
+
+
+async def test_a_payment_its_event_audit_row_and_idempotency_answer_are_written_by_one_statement(
+    uow_factory: UowFactory, engine: AsyncEngine
+) -> None:
+    txn = TransactionFactory(merchant_id=MERCHANT)
+    await seed_merchant_and_claim(uow_factory, resource_id=txn.transaction_id)
+    event_row = new_event(txn.transaction_id)
+
+    async with uow_factory() as uow:
+        stage_payment(uow, txn, event=event_row)
+        with recorded_statements(engine) as executed:
+            await uow.commit()
+
+    assert len(executed) == 1, [e.sql for e in executed]
+    (statement,) = executed
+    assert statement.sql.lstrip().upper().startswith("WITH")
+    for table in ("transactions", "outbox_events", "audit_log", "idempotency_keys"):
+        assert table in statement.sql
+    # Nothing else happened in the unit: the statement ran on its own, no BEGIN/COMMIT.
+    assert statement.in_transaction_after is False
+
+    after = await stored(engine, txn.transaction_id)
+    assert after.payment
+    assert after.events == [event_row.event_id]
+    assert after.audit_outcomes == ["success"]
+    assert after.idempotency == completed(txn)
+    async with uow_factory() as uow:  # and the ORM reads it back whole
+        payment = await uow.payments.get(txn.transaction_id, merchant_id=MERCHANT)
+        assert payment is not None
+        assert (payment.amount_minor, payment.status) == (10_000, "captured")
+
+
+# -- atomicity ------------------------------------------------------------------------
+
+
+async def _existing_event_id(uow_factory: UowFactory) -> uuid.UUID:
+    existing = new_event("txn_someone_else")
+    async with uow_factory() as uow:
+        uow.outbox.add(existing)
+        await uow.commit()
+    return existing.event_id
+
+
+@pytest.mark.parametrize(
+    ("broken_part", "constraint"),
+    [
+        ("outbox event_id already taken", "uq_outbox_events_event_id"),
+        ("audit outcome invalid", "ck_audit_log_outcome_valid"),
+        ("payment amount not positive", "ck_transactions_amount_positive"),
+    ],
+)
+async def test_when_one_part_of_the_statement_violates_a_constraint_nothing_is_written(
+    uow_factory: UowFactory, engine: AsyncEngine, broken_part: str, constraint: str
+) -> None:
+    txn = TransactionFactory(merchant_id=MERCHANT)
+    await seed_merchant_and_claim(uow_factory, resource_id=txn.transaction_id)
+    taken = await _existing_event_id(uow_factory)
+    event_row = new_event(txn.transaction_id)
+    audit = new_audit(txn.transaction_id)
+    if broken_part.startswith("outbox"):
+        event_row = new_event(txn.transaction_id, event_id=taken)
+    elif broken_part.startswith("audit"):
+        audit = new_audit(txn.transaction_id, outcome="maybe")
+    else:
+        txn.amount_minor = 0
+
+    with pytest.raises(IntegrityError, match=constraint):
+        async with uow_factory() as uow:
+            stage_payment(uow, txn, event=event_row, audit=audit)
+            with recorded_statements(engine) as executed:
+                await uow.commit()
+    assert len(executed) == 1  # the failing part was part of the one statement
+
+    after = await stored(engine, txn.transaction_id)
+    assert not after.payment
+    assert after.events == []
+    assert after.audit_outcomes == []
+    assert after.idempotency == NOT_COMPLETED
+    async with engine.connect() as conn:  # the event it collided with is untouched
+        count = (await conn.execute(text("SELECT count(*) FROM outbox_events"))).scalar_one()
+    assert count == 1
+
+
+async def test_an_autocommitted_unit_leaves_its_connection_transactional_for_the_next(
+    uow_factory: UowFactory, engine: AsyncEngine
+) -> None:
+    """The switch to autocommit ends with the unit: the pooled connection is reset."""
+    txn = TransactionFactory(merchant_id=MERCHANT)
+    await seed_merchant_and_claim(uow_factory, resource_id=txn.transaction_id)
+    async with uow_factory() as uow:
+        uow.payments.add(TransactionFactory(merchant_id=MERCHANT))
+        with recorded_statements(engine) as executed:
+            await uow.commit()
+    (autocommitted,) = executed
+    assert autocommitted.in_transaction_after is False
+
+    reused = False
+    for _ in range(engine.sync_engine.pool.checkedin() + 1):  # the pool hands them out FIFO
+        async with uow_factory() as uow:
+            raw = await (await uow.session.connection()).get_raw_connection()
+            if raw.driver_connection is not autocommitted.driver:
+                continue
+            reused = True
+            stage_payment(uow, txn)
+            with recorded_statements(engine) as executed:
+                await uow.flush()
+            assert executed[0].in_transaction_after is True
+            # leaves without commit: everything flushed is rolled back
+        break
+    assert reused, "the autocommitted connection was never handed out again"
+    after = await stored(engine, txn.transaction_id)
+    assert not after.payment
+    assert after.events == []
+    assert after.idempotency == NOT_COMPLETED
+
+
+# -- inside an open transaction -------------------------------------------------------
+
+
+async def test_staged_writes_after_a_read_are_committed_together_in_the_open_transaction(
+    uow_factory: UowFactory, engine: AsyncEngine
+) -> None:
+    txn = TransactionFactory(merchant_id=MERCHANT)
+    await seed_merchant_and_claim(uow_factory, resource_id=txn.transaction_id)
+
+    async with uow_factory() as uow:
+        with recorded_statements(engine) as executed:
+            assert await uow.merchants.get(MERCHANT) is not None  # opens the transaction
+            stage_payment(uow, txn)
+            await uow.commit()
+
+    assert len(executed) == 2, [e.sql for e in executed]
+    read, write = executed
+    assert read.sql.lstrip().upper().startswith("SELECT")
+    assert write.sql.lstrip().upper().startswith("WITH")
+    assert write.in_transaction_after is True  # sent inside the read's transaction
+    after = await stored(engine, txn.transaction_id)
+    assert after.payment
+    assert len(after.events) == 1
+    assert after.audit_outcomes == ["success"]
+    assert after.idempotency == completed(txn)
+
+
+async def test_flushed_staged_writes_are_rolled_back_together_when_the_unit_exits_uncommitted(
+    uow_factory: UowFactory, engine: AsyncEngine
+) -> None:
+    txn = TransactionFactory(merchant_id=MERCHANT)
+    await seed_merchant_and_claim(uow_factory, resource_id=txn.transaction_id)
+
+    async with uow_factory() as uow:
+        assert await uow.merchants.get(MERCHANT) is not None
+        stage_payment(uow, txn)
+        await uow.flush()
+        # Written inside this unit's transaction: visible here, nowhere else yet.
+        assert await uow.payments.get(txn.transaction_id, merchant_id=MERCHANT) is not None
+        assert await uow.outbox.has_unpublished(txn.transaction_id)
+        outside = await stored(engine, txn.transaction_id)
+        assert not outside.payment
+        assert outside.idempotency == NOT_COMPLETED
+
+    after = await stored(engine, txn.transaction_id)
+    assert not after.payment
+    assert after.events == []
+    assert after.audit_outcomes == []
+    assert after.idempotency == NOT_COMPLETED
+
+
+async def test_flushed_staged_writes_are_rolled_back_when_the_unit_raises(
+    uow_factory: UowFactory, engine: AsyncEngine
+) -> None:
+    txn = TransactionFactory(merchant_id=MERCHANT)
+    await seed_merchant_and_claim(uow_factory, resource_id=txn.transaction_id)
+
+    with pytest.raises(RuntimeError, match="after the flush"):
+        async with uow_factory() as uow:
+            stage_payment(uow, txn)
+            await uow.flush()  # nothing read first: the flush itself opens the transaction
+            raise RuntimeError("boom after the flush")
+
+    after = await stored(engine, txn.transaction_id)
+    assert not after.payment
+    assert after.events == []
+    assert after.audit_outcomes == []
+    assert after.idempotency == NOT_COMPLETED
+
+
+# -- the statement itself -------------------------------------------------------------
+
+
+def test_nothing_staged_has_no_statement() -> None:
+    staged = StagedWrites()
+    assert not staged
+    with pytest.raises(ValueError, match="nothing is staged"):
+        staged.statement()
+
+
+def test_statements_of_the_same_shape_are_built_once() -> None:
+    def staged_payment(txn: Transaction, outcome: str = "success") -> StagedWrites:
+        staged = StagedWrites()
+        staged.insert(txn)
+        staged.insert(new_event(txn.transaction_id))
+        staged.insert(new_audit(txn.transaction_id, outcome=outcome))
+        return staged
+
+    first_txn, second_txn = TransactionFactory(), TransactionFactory()
+    first, first_params = staged_payment(first_txn).statement()
+    second, second_params = staged_payment(second_txn, outcome="failure").statement()
+    assert first is second  # same tables and columns: the cached statement
+    assert first_params["w0_transaction_id"] == first_txn.transaction_id
+    assert second_params["w0_transaction_id"] == second_txn.transaction_id
+    assert (first_params["w2_outcome"], second_params["w2_outcome"]) == ("success", "failure")
+
+    reordered = StagedWrites()
+    reordered.insert(new_event(first_txn.transaction_id))
+    reordered.insert(first_txn)
+    reordered.insert(new_audit(first_txn.transaction_id))
+    assert reordered.statement()[0] is not first  # another shape, another statement
+
+    fewer_columns = TransactionFactory()
+    del fewer_columns.description  # left to the server default: another column set
+    other, _ = staged_payment(fewer_columns).statement()
+    assert other is not first
+    assert "w0_description" not in staged_payment(fewer_columns).statement()[1]
+
+    single = StagedWrites()
+    single.update(
+        cast(Table, IdempotencyKey.__table__),
+        where={"merchant_id": MERCHANT, "idempotency_key": KEY},
+        values={"state": "completed"},
+    )
+    statement, params = single.statement()
+    assert "WITH" not in str(statement)  # one write needs no CTE
+    assert params == {
+        "w0_state": "completed",
+        "w0_where_merchant_id": MERCHANT,
+        "w0_where_idempotency_key": KEY,
+    }

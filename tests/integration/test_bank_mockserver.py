@@ -126,6 +126,8 @@ async def _recorded_authorizations(
     )
     response.raise_for_status()
     recorded: list[dict[str, Any]] = response.json()
+    for request in recorded:  # header names are case-insensitive (RFC 9110): compare lowered
+        request["headers"] = {name.lower(): value for name, value in request["headers"].items()}
     return recorded
 
 
@@ -173,8 +175,8 @@ async def test_every_test_card_is_answered_as_the_table_says(
     expected_attempts = 3 if card.behaviour is BankBehaviour.ERROR else 1
     assert len(recorded) == expected_attempts
     for seen in recorded:
-        assert seen["headers"]["Idempotency-Key"] == [transaction_id]
-        assert seen["headers"]["X-Correlation-ID"] == [request.correlation_id]
+        assert seen["headers"]["idempotency-key"] == [transaction_id]
+        assert seen["headers"]["x-correlation-id"] == [request.correlation_id]
 
 
 async def test_any_other_valid_card_is_approved(bank: HttpBankGateway) -> None:
@@ -266,7 +268,7 @@ async def test_one_server_error_is_retried_and_then_approved(
     assert result.authorization_code == generator.DEFAULT_AUTHORIZATION_CODE
     recorded = await _recorded_authorizations(mockserver, transaction_id)
     assert len(recorded) == 2, "one 500, then one approved retry"
-    assert {seen["headers"]["Idempotency-Key"][0] for seen in recorded} == {transaction_id}
+    assert {seen["headers"]["idempotency-key"][0] for seen in recorded} == {transaction_id}
 
 
 # -- the committed expectations are the table ------------------------------------------------

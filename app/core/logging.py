@@ -7,14 +7,22 @@ the way ddtrace's own log injection writes it (:meth:`Tracer.get_log_correlation
 to the trace. A last-resort filter masks anything shaped like a card number (a standalone
 run of 12-19 digits, optionally split by spaces or dashes, that passes the Luhn check), in
 case a message ever carries one.
+
+A line is formatted where it is logged (the correlation id and the trace live in that
+task's context) and written to stdout by a background thread (``QueueHandler`` and
+``QueueListener``), so a slow reader of stdout -- a full pipe to the container runtime --
+never blocks the event loop.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import queue
 import re
 import sys
 from datetime import UTC, datetime
+from logging.handlers import QueueHandler, QueueListener
 from typing import TYPE_CHECKING, Any, Final
 
 from asgi_correlation_id.context import correlation_id
@@ -147,12 +155,40 @@ def build_handler(settings: Settings, stream: Any = None) -> logging.Handler:
     return handler
 
 
+_listener: QueueListener | None = None
+"""The thread writing this process's log lines to stdout (one at a time)."""
+
+
+def stop_log_writer() -> None:
+    """Write out what is queued and stop the writer thread."""
+    global _listener
+    if _listener is not None:
+        _listener.stop()
+        _listener = None
+
+
+atexit.register(stop_log_writer)
+
+
 def configure_logging(settings: Settings) -> None:
-    """Route the root logger (and uvicorn's) to one JSON handler on stdout."""
+    """Route the root logger (and uvicorn's) to JSON lines on stdout, written off the loop."""
+    global _listener
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)
-    root.addHandler(build_handler(settings))
+    stop_log_writer()
+    formatting = build_handler(settings)
+    # The queue side formats (and masks) the line in the caller's context...
+    queued = QueueHandler(queue.SimpleQueue())
+    queued.setFormatter(formatting.formatter)
+    for context_filter in formatting.filters:
+        queued.addFilter(context_filter)
+    # ...and the writer thread only writes the finished line.
+    writer = logging.StreamHandler(sys.stdout)
+    writer.setFormatter(logging.Formatter("%(message)s"))
+    _listener = QueueListener(queued.queue, writer)
+    _listener.start()
+    root.addHandler(queued)
     root.setLevel(settings.log_level.upper())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         uv_logger = logging.getLogger(name)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
+import threading
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 import pytest
+from asgi_correlation_id.context import correlation_id
 
 from app.core import logging as app_logging
 from app.core.logging import build_handler, configure_logging
@@ -181,3 +184,50 @@ def test_aiokafka_reconnection_errors_are_silenced_but_not_critical_ones() -> No
         assert logging.getLogger(name).getEffectiveLevel() == logging.CRITICAL
     assert not logging.getLogger("aiokafka.conn").isEnabledFor(logging.ERROR)
     assert logging.getLogger("app").isEnabledFor(logging.INFO)
+
+
+# -- writing off the event loop ------------------------------------------------------------
+
+
+class _SlowStdout(io.StringIO):
+    """A stdout whose reader is stuck until released (a full pipe)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.released = threading.Event()
+        self.writers: set[str] = set()
+
+    def write(self, text: str) -> int:
+        self.writers.add(threading.current_thread().name)
+        self.released.wait(timeout=10)
+        return super().write(text)
+
+
+def test_a_stuck_stdout_does_not_block_the_code_that_logs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stdout = _SlowStdout()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    try:
+        configure_logging(make_settings())
+        token = correlation_id.set("corr-slow-pipe")
+        try:
+            for n in range(50):
+                logging.getLogger("app.test").warning("line %d while stdout is stuck", n)
+        finally:
+            correlation_id.reset(token)
+        # Every call returned while not one line could be written: nobody waited for the pipe.
+        assert stdout.getvalue() == ""
+        stdout.released.set()
+        app_logging.stop_log_writer()  # what the process does at exit: write out the queue
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+    lines = [json.loads(line) for line in stdout.getvalue().splitlines()]
+    assert [line["message"] for line in lines] == [
+        f"line {n} while stdout is stuck" for n in range(50)
+    ]
+    assert {line["correlation_id"] for line in lines} == {"corr-slow-pipe"}
+    assert threading.current_thread().name not in stdout.writers

@@ -344,6 +344,11 @@ async def test_without_kafka_events_wait_in_the_outbox_and_the_first_log_line_sa
     stdout = io.StringIO()
     monkeypatch.setattr(sys, "stdout", stdout)  # the JSON log handler writes here
     async with running_app(make_settings(kafka_bootstrap_servers=None)) as client:
+
+        async def logged() -> bool:  # lines reach stdout from the log writer thread
+            return bool(stdout.getvalue())
+
+        await eventually(logged, timeout_s=5, what="a log line on stdout")
         first_line = json.loads(stdout.getvalue().splitlines()[0])
         assert first_line["level"] == "WARNING"
         assert first_line["message"].startswith("KAFKA_BOOTSTRAP_SERVERS is not set")

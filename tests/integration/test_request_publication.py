@@ -6,6 +6,7 @@ when each test began, and only this test's events are looked at.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -14,6 +15,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from sqlalchemy import event as sa_event
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.adapters.db.models import OutboxEvent
 from app.adapters.db.unit_of_work import UnitOfWork
@@ -269,3 +272,34 @@ async def test_a_refund_after_a_published_event_is_reserved_and_published_by_its
     assert_valid_event(second)
     assert (first.partition, first.key) == (second.partition, second.key)
     assert first.offset < second.offset
+
+
+async def test_requests_finishing_together_mark_their_events_published_in_shared_updates(
+    uow_factory: UowFactory, engine: AsyncEngine, relays: Callable[..., KafkaOutboxRelay]
+) -> None:
+    relay = await started(relays())
+    events = [new_event(f"txn_{uuid.uuid4().hex}") for _ in range(20)]
+    for new in events:
+        assert relay.reserve(new)
+        await commit_event(uow_factory, new)
+
+    marks: list[str] = []
+
+    def count_marks(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith("UPDATE outbox_events SET published_at"):
+            marks.append(statement)
+
+    sa_event.listen(engine.sync_engine, "before_cursor_execute", count_marks)
+    try:
+        async with tail_topic() as tail:
+            await asyncio.gather(*(relay.publish_committed([e]) for e in events))
+            on_topic = await read_exactly_once(tail, [str(e.event_id) for e in events])
+    finally:
+        sa_event.remove(engine.sync_engine, "before_cursor_execute", count_marks)
+
+    assert sorted(on_topic) == sorted(str(e.event_id) for e in events)
+    for published in events:  # every one marked before its publish_committed returned
+        (row,) = await outbox_rows(uow_factory, published.aggregate_id)
+        assert row.published_at is not None
+        assert row.claimed_until is None
+    assert 1 <= len(marks) < len(events)  # grouped, not one UPDATE per request

@@ -11,8 +11,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import DateTime, Table, bindparam, case, delete, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import (
+    UUID,
+    DateTime,
+    Table,
+    any_,
+    bindparam,
+    case,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased, joinedload
 
@@ -269,7 +281,8 @@ _OUTBOX = cast(Table, OutboxEvent.__table__)
 _MARK_PUBLISHED = (
     update(_OUTBOX)
     .where(
-        _OUTBOX.c.event_id.in_(bindparam("event_ids", expanding=True)),
+        # = ANY(array): one statement text (one prepared statement) for any batch size.
+        _OUTBOX.c.event_id == any_(bindparam("event_ids", type_=ARRAY(UUID(as_uuid=True)))),
         _OUTBOX.c.published_at.is_(None),
     )
     .values(published_at=bindparam("at", type_=_AT), claimed_until=None)

@@ -205,6 +205,8 @@ class KafkaOutboxRelay:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._request_publications: set[asyncio.Task[None]] = set()
+        self._marks_due: list[tuple[list[uuid.UUID], asyncio.Future[None]]] = []
+        self._marker: asyncio.Task[None] | None = None
         self._metrics = PaymentMetrics.disabled()
 
     def report_metrics_to(self, metrics: PaymentMetrics) -> None:
@@ -344,9 +346,12 @@ class KafkaOutboxRelay:
                 result = BatchResult(claimed=len(events), deferred=[e.event_id for e in events])
             else:
                 result = await self._send(producer, events)
-            await self._settle(
-                result, claimers={e.event_id: e.claimed_by for e in events if e.claimed_by}
-            )
+            if result.failed or result.deferred:
+                await self._settle(
+                    result, claimers={e.event_id: e.claimed_by for e in events if e.claimed_by}
+                )
+            else:
+                await self._mark_published_with_others(result.published)
         except Exception as exc:
             logger.warning(
                 "events not published after commit (%s); the outbox relay will retry",
@@ -363,6 +368,31 @@ class KafkaOutboxRelay:
                 len(result.failed),
                 next(iter(result.failed.values())),
             )
+
+    async def _mark_published_with_others(self, event_ids: list[uuid.UUID]) -> None:
+        """Mark these acknowledged events published in one ``UPDATE`` with those of every
+        other request that finishes meanwhile (group commit: while one ``UPDATE`` runs,
+        the next batch gathers; no timer, so a lone request waits for nothing extra)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._marks_due.append((event_ids, done))
+        if self._marker is None or self._marker.done():
+            self._marker = asyncio.create_task(self._mark_due_events())
+        await done
+
+    async def _mark_due_events(self) -> None:
+        while self._marks_due:
+            batch, self._marks_due = self._marks_due, []
+            try:
+                await self._settle(
+                    BatchResult(published=[e for event_ids, _ in batch for e in event_ids]),
+                    claimers={},
+                )
+            except Exception as exc:
+                for _, done in batch:
+                    done.set_exception(exc)
+            else:
+                for _, done in batch:
+                    done.set_result(None)
 
     async def _claim_and_publish(
         self,

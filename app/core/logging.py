@@ -17,6 +17,7 @@ never blocks the event loop.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import queue
 import re
@@ -155,6 +156,24 @@ def build_handler(settings: Settings, stream: Any = None) -> logging.Handler:
     return handler
 
 
+class _StdoutWriter(logging.Handler):
+    """Writes finished lines to whatever ``sys.stdout`` is at the time of writing.
+
+    It runs on the writer thread: an error must not end that thread (the queue would then
+    grow forever), so a line that cannot be written is reported the usual way if
+    possible and dropped.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = sys.stdout
+            stream.write(record.getMessage() + "\n")
+            stream.flush()
+        except Exception:
+            with contextlib.suppress(Exception):
+                self.handleError(record)
+
+
 _listener: QueueListener | None = None
 """The thread writing this process's log lines to stdout (one at a time)."""
 
@@ -184,9 +203,7 @@ def configure_logging(settings: Settings) -> None:
     for context_filter in formatting.filters:
         queued.addFilter(context_filter)
     # ...and the writer thread only writes the finished line.
-    writer = logging.StreamHandler(sys.stdout)
-    writer.setFormatter(logging.Formatter("%(message)s"))
-    _listener = QueueListener(queued.queue, writer)
+    _listener = QueueListener(queued.queue, _StdoutWriter())
     _listener.start()
     root.addHandler(queued)
     root.setLevel(settings.log_level.upper())

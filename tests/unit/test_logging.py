@@ -231,3 +231,36 @@ def test_a_stuck_stdout_does_not_block_the_code_that_logs(
     ]
     assert {line["correlation_id"] for line in lines} == {"corr-slow-pipe"}
     assert threading.current_thread().name not in stdout.writers
+
+
+class _BrokenOnce(io.StringIO):
+    """A stdout whose first write fails (a broken pipe), later ones succeed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    def write(self, text: str) -> int:
+        if not self.failed:
+            self.failed = True
+            raise BrokenPipeError("the reader went away")
+        return super().write(text)
+
+
+def test_the_log_writer_survives_a_write_that_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    stdout = _BrokenOnce()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    monkeypatch.setattr(logging, "raiseExceptions", False)  # no traceback on stderr
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    try:
+        configure_logging(make_settings())
+        logging.getLogger("app.test").warning("lost with the broken write")
+        logging.getLogger("app.test").warning("written by the same thread afterwards")
+        app_logging.stop_log_writer()
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+    assert stdout.failed
+    messages = [json.loads(line)["message"] for line in stdout.getvalue().splitlines()]
+    assert messages == ["written by the same thread afterwards"]

@@ -27,7 +27,7 @@ from app.api.middleware import (
 from app.api.problems import install_problem_handlers
 from app.api.routes import health, payments
 from app.core.config import Settings, get_settings
-from app.core.logging import configure_logging
+from app.core.logging import configure_logging, stop_log_writer
 from app.core.tracing import configure_tracing, log_tracing_state
 from app.services.auth import Authenticator
 from app.services.context import ServiceContext
@@ -141,6 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await runtime.engine.dispose()
             runtime.services.metrics.close()
             logger.info("stopped: pools closed")
+            stop_log_writer()  # every line written before the process moves on
 
     app = FastAPI(
         title="Payment Service",

@@ -157,17 +157,17 @@ def build_handler(settings: Settings, stream: Any = None) -> logging.Handler:
 
 
 class _StdoutWriter(logging.Handler):
-    """Writes finished lines to whatever ``sys.stdout`` is at the time of writing.
+    """Writes lines to whatever ``sys.stdout`` is at the time of writing.
 
-    It runs on the writer thread: an error must not end that thread (the queue would then
-    grow forever), so a line that cannot be written is reported the usual way if
-    possible and dropped.
+    On the writer thread an error must not end the thread (the queue would then grow
+    forever), so a line that cannot be written is reported the usual way if possible and
+    dropped.
     """
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             stream = sys.stdout
-            stream.write(record.getMessage() + "\n")
+            stream.write(self.format(record) + "\n")
             stream.flush()
         except Exception:
             with contextlib.suppress(Exception):
@@ -175,15 +175,28 @@ class _StdoutWriter(logging.Handler):
 
 
 _listener: QueueListener | None = None
-"""The thread writing this process's log lines to stdout (one at a time)."""
+"""The thread writing this process's log lines to stdout."""
+_queued: QueueHandler | None = None
+"""The root logger's handler while the writer thread runs."""
+_direct: logging.Handler | None = None
+"""The handler that writes lines itself, once the writer thread has stopped."""
 
 
 def stop_log_writer() -> None:
-    """Write out what is queued and stop the writer thread."""
-    global _listener
+    """Write out what is queued and stop the writer thread (at shutdown and at exit).
+
+    Lines logged afterwards are written directly: nothing is left to block by then.
+    """
+    global _listener, _queued
     if _listener is not None:
         _listener.stop()
         _listener = None
+    root = logging.getLogger()
+    if _queued is not None and _queued in root.handlers:
+        root.removeHandler(_queued)
+        if _direct is not None:
+            root.addHandler(_direct)
+    _queued = None
 
 
 atexit.register(stop_log_writer)
@@ -191,20 +204,26 @@ atexit.register(stop_log_writer)
 
 def configure_logging(settings: Settings) -> None:
     """Route the root logger (and uvicorn's) to JSON lines on stdout, written off the loop."""
-    global _listener
+    global _listener, _queued, _direct
+    stop_log_writer()
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)
-    stop_log_writer()
-    formatting = build_handler(settings)
+    json_lines = build_handler(settings)
     # The queue side formats (and masks) the line in the caller's context...
     queued = QueueHandler(queue.SimpleQueue())
-    queued.setFormatter(formatting.formatter)
-    for context_filter in formatting.filters:
-        queued.addFilter(context_filter)
-    # ...and the writer thread only writes the finished line.
-    _listener = QueueListener(queued.queue, _StdoutWriter())
+    # ...the writer thread only writes the finished line...
+    writer = _StdoutWriter()
+    writer.setFormatter(logging.Formatter("%(message)s"))
+    # ...and once it has stopped, lines are formatted and written in one go.
+    direct = _StdoutWriter()
+    for handler in (queued, direct):
+        handler.setFormatter(json_lines.formatter)
+        for context_filter in json_lines.filters:
+            handler.addFilter(context_filter)
+    _listener = QueueListener(queued.queue, writer)
     _listener.start()
+    _queued, _direct = queued, direct
     root.addHandler(queued)
     root.setLevel(settings.log_level.upper())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):

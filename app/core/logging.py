@@ -157,18 +157,21 @@ def build_handler(settings: Settings, stream: Any = None) -> logging.Handler:
 
 
 class _StdoutWriter(logging.Handler):
-    """Writes lines to whatever ``sys.stdout`` is at the time of writing.
+    """Writes lines to stdout (the one in place when logging was configured).
 
     On the writer thread an error must not end the thread (the queue would then grow
     forever), so a line that cannot be written is reported the usual way if possible and
     dropped.
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._stream = sys.stdout
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            stream = sys.stdout
-            stream.write(self.format(record) + "\n")
-            stream.flush()
+            self._stream.write(self.format(record) + "\n")
+            self._stream.flush()
         except Exception:
             with contextlib.suppress(Exception):
                 self.handleError(record)

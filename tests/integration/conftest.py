@@ -2,12 +2,43 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.adapters.db.unit_of_work import UnitOfWork
+from app.adapters.messaging.kafka import KafkaOutboxRelay
 from tests.conftest import truncate_all
+from tests.integration.test_outbox_relay import KAFKA, TOPIC
 
 
 @pytest.fixture(autouse=True)
 async def _empty_tables(engine: AsyncEngine) -> None:
     await truncate_all(engine)
+
+
+@pytest.fixture
+async def relays(
+    uow_factory: Callable[[], UnitOfWork],
+) -> AsyncIterator[Callable[..., KafkaOutboxRelay]]:
+    """Build relays on the test database; every one is stopped at the end."""
+    built: list[KafkaOutboxRelay] = []
+
+    def build(**overrides: Any) -> KafkaOutboxRelay:
+        options: dict[str, Any] = {
+            "uow_factory": uow_factory,
+            "bootstrap_servers": KAFKA,
+            "topic": TOPIC,
+            "publish_timeout_s": 3.0,
+            "interval_s": 0.1,
+            "batch_size": 50,
+        }
+        relay = KafkaOutboxRelay(**(options | overrides))
+        built.append(relay)
+        return relay
+
+    yield build
+    for relay in built:
+        await relay.stop()

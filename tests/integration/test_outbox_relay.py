@@ -284,29 +284,6 @@ class ProducerFailingOneTransaction(AIOKafkaProducer):  # type: ignore[misc]
 # -- relays ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def relays(uow_factory: UowFactory) -> AsyncIterator[Callable[..., KafkaOutboxRelay]]:
-    """Build relays on the test database; every one is stopped at the end."""
-    built: list[KafkaOutboxRelay] = []
-
-    def build(**overrides: Any) -> KafkaOutboxRelay:
-        options: dict[str, Any] = {
-            "uow_factory": uow_factory,
-            "bootstrap_servers": KAFKA,
-            "topic": TOPIC,
-            "publish_timeout_s": 3.0,
-            "interval_s": 0.1,
-            "batch_size": 50,
-        }
-        relay = KafkaOutboxRelay(**(options | overrides))
-        built.append(relay)
-        return relay
-
-    yield build
-    for relay in built:
-        await relay.stop()
-
-
 async def started(relay: KafkaOutboxRelay) -> KafkaOutboxRelay:
     """Start the relay and wait until its producer is connected."""
     await relay.start()

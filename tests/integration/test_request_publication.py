@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -24,9 +24,7 @@ from app.adapters.messaging.kafka import KafkaOutboxRelay
 from app.services.context import ServiceContext
 from app.services.payments import RefundPayment, process_payment, refund_payment
 from tests.integration.test_outbox_relay import (
-    KAFKA,
     PRINCIPAL,
-    TOPIC,
     TopicTail,
     assert_valid_event,
     eventually,
@@ -40,28 +38,6 @@ pytestmark = pytest.mark.kafka
 
 UowFactory = Callable[[], UnitOfWork]
 LEASE = timedelta(seconds=30)  # the relay's lease with a 3 s publish timeout (MIN_LEASE_S)
-
-
-@pytest.fixture
-async def relays(uow_factory: UowFactory) -> AsyncIterator[Callable[..., KafkaOutboxRelay]]:
-    """Build relays on the test database; every one is stopped at the end."""
-    built: list[KafkaOutboxRelay] = []
-
-    def build(**overrides: Any) -> KafkaOutboxRelay:
-        options: dict[str, Any] = {
-            "uow_factory": uow_factory,
-            "bootstrap_servers": KAFKA,
-            "topic": TOPIC,
-            "publish_timeout_s": 3.0,
-            "interval_s": 0.1,
-        }
-        relay = KafkaOutboxRelay(**(options | overrides))
-        built.append(relay)
-        return relay
-
-    yield build
-    for relay in built:
-        await relay.stop()
 
 
 def new_event(aggregate_id: str) -> OutboxEvent:

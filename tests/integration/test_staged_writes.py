@@ -174,6 +174,15 @@ async def stored(engine: AsyncEngine, transaction_id: str) -> Stored:
         )
 
 
+async def assert_nothing_kept(engine: AsyncEngine, transaction_id: str) -> None:
+    """No payment, event or audit row, and the idempotency key still in progress."""
+    after = await stored(engine, transaction_id)
+    assert not after.payment
+    assert after.events == []
+    assert after.audit_outcomes == []
+    assert after.idempotency == NOT_COMPLETED
+
+
 def completed(txn: Transaction) -> tuple[str, int, dict[str, str]]:
     return ("completed", 201, {"transaction_id": txn.transaction_id, "status": "captured"})
 
@@ -256,11 +265,7 @@ async def test_when_one_part_of_the_statement_violates_a_constraint_nothing_is_w
                 await uow.commit()
     assert len(executed) == 1  # the failing part was part of the one statement
 
-    after = await stored(engine, txn.transaction_id)
-    assert not after.payment
-    assert after.events == []
-    assert after.audit_outcomes == []
-    assert after.idempotency == NOT_COMPLETED
+    await assert_nothing_kept(engine, txn.transaction_id)
     async with engine.connect() as conn:  # the event it collided with is untouched
         count = (await conn.execute(text("SELECT count(*) FROM outbox_events"))).scalar_one()
     assert count == 1
@@ -293,10 +298,7 @@ async def test_an_autocommitted_unit_leaves_its_connection_transactional_for_the
             # leaves without commit: everything flushed is rolled back
         break
     assert reused, "the autocommitted connection was never handed out again"
-    after = await stored(engine, txn.transaction_id)
-    assert not after.payment
-    assert after.events == []
-    assert after.idempotency == NOT_COMPLETED
+    await assert_nothing_kept(engine, txn.transaction_id)
 
 
 # -- inside an open transaction -------------------------------------------------------
@@ -343,11 +345,7 @@ async def test_flushed_staged_writes_are_rolled_back_together_when_the_unit_exit
         assert not outside.payment
         assert outside.idempotency == NOT_COMPLETED
 
-    after = await stored(engine, txn.transaction_id)
-    assert not after.payment
-    assert after.events == []
-    assert after.audit_outcomes == []
-    assert after.idempotency == NOT_COMPLETED
+    await assert_nothing_kept(engine, txn.transaction_id)
 
 
 async def test_flushed_staged_writes_are_rolled_back_when_the_unit_raises(
@@ -362,11 +360,7 @@ async def test_flushed_staged_writes_are_rolled_back_when_the_unit_raises(
             await uow.flush()  # nothing read first: the flush itself opens the transaction
             raise RuntimeError("boom after the flush")
 
-    after = await stored(engine, txn.transaction_id)
-    assert not after.payment
-    assert after.events == []
-    assert after.audit_outcomes == []
-    assert after.idempotency == NOT_COMPLETED
+    await assert_nothing_kept(engine, txn.transaction_id)
 
 
 # -- the statement itself -------------------------------------------------------------

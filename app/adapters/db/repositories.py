@@ -6,7 +6,6 @@ They speak in ORM rows and never commit; the unit of work owns the transaction.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -314,7 +313,6 @@ class OutboxRepository:
         claimer: str,
         lease: timedelta,
         limit: int,
-        event_ids: Sequence[uuid.UUID] | None = None,
         min_age: timedelta | None = None,
     ) -> list[OutboxEvent]:
         """Lease up to ``limit`` publishable events to ``claimer``, oldest first.
@@ -322,19 +320,15 @@ class OutboxRepository:
         Publishable: unpublished, not leased (or the lease ran out), not locked by another
         claim running right now, and every older unpublished event of the same aggregate
         is in this same claim -- so no two publishers ever hold events of one transaction
-        at once, and each publishes a transaction's events in order. With ``event_ids``
-        only those events are considered (the request path publishing its own events);
-        with ``min_age`` only events created at least that long ago (the relay leaves the
-        newest to the requests that wrote them). Commit promptly: the rows stay locked
-        until the transaction ends.
+        at once, and each publishes a transaction's events in order. With ``min_age`` only
+        events created at least that long ago. Commit promptly: the rows stay locked until
+        the transaction ends.
         """
         now = func.now()
         conditions = [
             OutboxEvent.published_at.is_(None),
             or_(OutboxEvent.claimed_until.is_(None), OutboxEvent.claimed_until < now),
         ]
-        if event_ids is not None:
-            conditions.append(OutboxEvent.event_id.in_(list(event_ids)))
         if min_age is not None:
             conditions.append(OutboxEvent.created_at <= now - min_age)
         candidates = (

@@ -30,6 +30,10 @@ _STATEMENT_CACHE_MAX = 256
 """Distinct write shapes kept (a handful in practice: payment, refund, refusal, admin)."""
 
 
+_Shape = tuple[Table, tuple[str, ...], tuple[str, ...]]
+"""What a write's statement depends on: its table, value columns and key columns."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Write:
     table: Table
@@ -37,9 +41,9 @@ class _Write:
     where: tuple[tuple[str, Any], ...] = ()
 
     @property
-    def shape(self) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    def shape(self) -> _Shape:
         return (
-            self.table.name,
+            self.table,
             tuple(key for key, _ in self.values),
             tuple(key for key, _ in self.where),
         )
@@ -95,8 +99,7 @@ class StagedWrites:
         """One statement doing every staged write, and its parameters."""
         if not self._writes:
             raise ValueError("nothing is staged")
-        shape = tuple(write.shape for write in self._writes)
-        statement = _combined_statement(shape, tuple(w.table for w in self._writes))
+        statement = _combined_statement(tuple(write.shape for write in self._writes))
         params: dict[str, Any] = {}
         for index, write in enumerate(self._writes):
             for key, value in write.values:
@@ -107,17 +110,8 @@ class StagedWrites:
 
 
 @functools.lru_cache(maxsize=_STATEMENT_CACHE_MAX)
-def _combined_statement(
-    shape: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...],
-    tables: tuple[Table, ...],
-) -> Insert | Update:
-    parts = [
-        _single_statement(index, table, value_keys, where_keys)
-        for index, (table, (_, value_keys, where_keys)) in enumerate(
-            zip(tables, shape, strict=True)
-        )
-    ]
-    *leading, last = parts
+def _combined_statement(shapes: tuple[_Shape, ...]) -> Insert | Update:
+    *leading, last = (_single_statement(index, *shape) for index, shape in enumerate(shapes))
     if not leading:
         return last
     return last.add_cte(*(part.cte(f"w{index}") for index, part in enumerate(leading)))

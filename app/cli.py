@@ -1,4 +1,4 @@
-"""``payments-admin``: manage merchants and API keys (SPEC §1).
+"""``payments-admin``: manage merchants and API keys (docs/api.md, "Authentication").
 
 Reads the same configuration as the service (``DATABASE_URL``, ``.env``). Prints a
 generated key once; exits non-zero with a one-line message on any error.
@@ -12,14 +12,12 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from app.adapters.bank.simulator import SimulatedBankGateway
-from app.adapters.db.engine import build_engine, build_session_factory
-from app.adapters.db.unit_of_work import UnitOfWork
+from app.adapters.bank import build_bank_gateway
+from app.adapters.db.engine import build_engine
 from app.core.config import Settings, get_settings
 from app.domain.errors import PaymentServiceError
-from app.main import build_vault
+from app.main import build_services
 from app.services import merchants
-from app.services.context import ServiceContext
 
 DEFAULT_CURRENCIES = "USD,EUR,GBP,JPY"
 
@@ -48,12 +46,7 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _run(args: argparse.Namespace, settings: Settings) -> str:
     engine = build_engine(settings, application_name="payments-admin")
-    session_factory = build_session_factory(engine)
-    ctx = ServiceContext(
-        uow_factory=lambda: UnitOfWork(session_factory),
-        bank=SimulatedBankGateway(),
-        vault=build_vault(settings),
-    )
+    ctx = build_services(settings, engine, bank=build_bank_gateway(settings))
     pepper = settings.api_key_pepper.get_secret_value().encode()
     try:
         if args.command == "create-merchant":
@@ -77,6 +70,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> str:
         await merchants.disable_merchant(ctx, merchant_id=args.merchant_id)
         return f"disabled merchant {args.merchant_id}"
     finally:
+        await ctx.bank.aclose()
         await engine.dispose()
 
 

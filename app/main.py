@@ -6,16 +6,19 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 
 from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.adapters.bank import HttpBankGateway, build_bank_gateway
-from app.adapters.db.engine import build_engine, build_session_factory
+from app.adapters.db.engine import build_engine, build_session_factory, ping
 from app.adapters.db.notifications import CacheInvalidationListener
-from app.adapters.db.unit_of_work import UnitOfWork
-from app.adapters.messaging import KafkaOutboxRelay, build_event_publisher
+from app.adapters.db.queries import SqlPaymentQueries
+from app.adapters.db.unit_of_work import SqlUnitOfWork
+from app.adapters.messaging import KafkaMessaging, build_messaging
 from app.adapters.metrics import MetricsReporter, PaymentMetrics
 from app.adapters.vault import CardVault
 from app.api.deps import Runtime
@@ -24,13 +27,21 @@ from app.api.middleware import (
     UnexpectedErrorMiddleware,
     correlation_middleware_options,
 )
-from app.api.problems import install_problem_handlers
+from app.api.problems import install_problem_handlers, render_error
 from app.api.routes import health, payments
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging, stop_log_writer
 from app.core.tracing import configure_tracing, log_tracing_state
 from app.services.auth import Authenticator
 from app.services.context import ServiceContext
+from app.services.ports import (
+    BankGateway,
+    EventPublisher,
+    Metrics,
+    NoMetrics,
+    OutboxOnlyPublisher,
+    UnitOfWork,
+)
 
 logger = logging.getLogger("app")
 
@@ -53,35 +64,62 @@ def build_vault(settings: Settings) -> CardVault:
     )
 
 
-def build_runtime(settings: Settings) -> Runtime:
-    """Wire the adapters for one worker process."""
-    engine = build_engine(settings)
+def build_services(
+    settings: Settings,
+    engine: AsyncEngine,
+    *,
+    bank: BankGateway,
+    metrics: Metrics | None = None,
+    publisher: EventPublisher | None = None,
+) -> ServiceContext:
+    """The use cases' ports over one pooled engine (for the app, the CLI and tests)."""
     session_factory = build_session_factory(engine)
 
     def uow_factory() -> UnitOfWork:
-        return UnitOfWork(session_factory)
+        return SqlUnitOfWork(session_factory)
 
+    return ServiceContext(
+        uow_factory=uow_factory,
+        queries=SqlPaymentQueries(engine),
+        bank=bank,
+        vault=build_vault(settings),
+        publisher=publisher or OutboxOnlyPublisher(),
+        idempotency_lock=timedelta(seconds=settings.idempotency_lock_timeout_s),
+        idempotency_keep=timedelta(seconds=settings.idempotency_ttl_s),
+        metrics=metrics or NoMetrics(),
+        stored_error=render_error,
+    )
+
+
+@dataclass(slots=True)
+class Wiring:
+    """One worker's adapters: what the lifespan starts and stops."""
+
+    engine: AsyncEngine
+    runtime: Runtime
+    kafka: KafkaMessaging | None
+    metrics: PaymentMetrics
+
+
+def build_wiring(settings: Settings) -> Wiring:
+    """Wire the adapters for one worker process."""
+    engine = build_engine(settings)
     metrics = PaymentMetrics.from_settings(settings)
     bank = build_bank_gateway(settings)
     if isinstance(bank, HttpBankGateway):
         bank.report_metrics_to(metrics)
-    publisher = build_event_publisher(settings, uow_factory)
-    if isinstance(publisher, KafkaOutboxRelay):
-        publisher.report_metrics_to(metrics)
-    services = ServiceContext(
-        uow_factory=uow_factory,
-        bank=bank,
-        vault=build_vault(settings),
-        publisher=publisher,
-        idempotency_lock=timedelta(seconds=settings.idempotency_lock_timeout_s),
-        idempotency_keep=timedelta(seconds=settings.idempotency_ttl_s),
-        metrics=metrics,
-    )
+    session_factory = build_session_factory(engine)
+    messaging = build_messaging(settings, lambda: SqlUnitOfWork(session_factory), metrics)
+    kafka: KafkaMessaging | None = None
+    publisher: EventPublisher = OutboxOnlyPublisher()
+    if isinstance(messaging, KafkaMessaging):
+        kafka, publisher = messaging, messaging.publisher
+    services = build_services(settings, engine, bank=bank, metrics=metrics, publisher=publisher)
     fingerprint_key = settings.card_fingerprint_key.get_secret_value().encode()
-    return Runtime(
+    runtime = Runtime(
         settings=settings,
-        engine=engine,
         services=services,
+        database_ping=lambda: ping(engine),
         authenticator=Authenticator(
             services,
             pepper=settings.api_key_pepper.get_secret_value().encode(),
@@ -89,6 +127,7 @@ def build_runtime(settings: Settings) -> Runtime:
         ),
         fingerprint_secret=hashlib.sha256(b"idempotency:" + fingerprint_key).digest(),
     )
+    return Wiring(engine=engine, runtime=runtime, kafka=kafka, metrics=metrics)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -100,8 +139,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings)
-        runtime = build_runtime(settings)
-        if not runtime.services.publisher.enabled:
+        wiring = build_wiring(settings)
+        runtime = wiring.runtime
+        if wiring.kafka is None:
             logger.warning(
                 "KAFKA_BOOTSTRAP_SERVERS is not set: events wait in the outbox, unpublished"
             )
@@ -118,12 +158,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         listener.start()
         app.state.runtime = runtime
-        publisher = runtime.services.publisher
-        relay = publisher if isinstance(publisher, KafkaOutboxRelay) else None
-        if relay is not None:
-            await relay.start()
+        if wiring.kafka is not None:
+            await wiring.kafka.start()
         reporter = MetricsReporter(
-            runtime.services.metrics,
+            wiring.metrics,
             bank=runtime.services.bank,
             uow_factory=runtime.services.uow_factory,
             interval_s=settings.metrics_report_interval_s,
@@ -135,11 +173,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             runtime.draining = True
             await reporter.stop()
             await listener.stop()
-            if relay is not None:
-                await relay.stop()
+            if wiring.kafka is not None:
+                await wiring.kafka.stop()
             await runtime.services.bank.aclose()
-            await runtime.engine.dispose()
-            runtime.services.metrics.close()
+            await wiring.engine.dispose()
+            wiring.metrics.close()
             logger.info("stopped: pools closed")
             stop_log_writer()  # every line written before the process moves on
 

@@ -33,15 +33,16 @@ from sqlalchemy import delete, func, select
 
 from app.adapters.db.engine import build_engine, build_session_factory
 from app.adapters.db.models import OutboxEvent
-from app.adapters.db.unit_of_work import UnitOfWork
-from app.adapters.messaging.kafka import KafkaOutboxRelay
+from app.adapters.db.unit_of_work import SqlUnitOfWork
+from app.adapters.messaging import KafkaMessaging
 from app.core.config import Settings
+from app.services.ports.messaging import OutboxMessage
 
 MERCHANT = "merchant_measure"
 
 
-def synthetic_event(n: int) -> OutboxEvent:
-    """A realistic ``payment.captured`` row (same size and shape as the real ones)."""
+def synthetic_event(n: int) -> OutboxMessage:
+    """A realistic ``payment.captured`` event (same size and shape as the real ones)."""
     event_id = uuid.uuid4()
     transaction_id = f"txn_{uuid.uuid4().hex}"
     correlation_id = str(uuid.uuid4())
@@ -67,13 +68,12 @@ def synthetic_event(n: int) -> OutboxEvent:
         "event_id": str(event_id),
         "correlation_id": correlation_id,
     }
-    return OutboxEvent(
+    return OutboxMessage(
         event_id=event_id,
         event_type="payment.captured",
-        aggregate_id=transaction_id,
+        key=transaction_id,
         payload=payload,
         headers=headers,
-        created_at=now,
     )
 
 
@@ -148,15 +148,15 @@ async def until(check: Callable[[], Awaitable[bool]], *, timeout_s: float, poll_
             await asyncio.sleep(poll_s)
 
 
-async def pending(uow_factory: Callable[[], UnitOfWork]) -> int:
+async def pending(uow_factory: Callable[[], SqlUnitOfWork]) -> int:
     async with uow_factory() as uow:
         return (await uow.outbox.backlog()).pending
 
 
 async def measure_drain(
-    uow_factory: Callable[[], UnitOfWork], reader: Reader, args: argparse.Namespace
+    uow_factory: Callable[[], SqlUnitOfWork], reader: Reader, args: argparse.Namespace
 ) -> None:
-    relay = KafkaOutboxRelay(
+    kafka = KafkaMessaging.create(
         uow_factory=uow_factory,
         bootstrap_servers=args.bootstrap,
         topic=args.topic,
@@ -164,8 +164,8 @@ async def measure_drain(
         batch_size=args.batch_size,
         fresh_grace_s=0.0,  # measure the relay itself, not the grace it leaves requests
     )
-    await relay.start()
-    await until(relay.broker_available, timeout_s=30, poll_s=0.05)
+    await kafka.start()
+    await until(kafka.producer.broker_available, timeout_s=30, poll_s=0.05)
     rows = [synthetic_event(n) for n in range(args.events)]
     async with uow_factory() as uow:
         for row in rows:
@@ -178,7 +178,7 @@ async def measure_drain(
 
     await until(drained_all, timeout_s=120, poll_s=0.05)
     drained = time.perf_counter()
-    await relay.stop()
+    await kafka.stop()
     # Read only now, so that the consumer does not compete with the relay for the loop.
     reader.start()
     await reader.wait_for({str(r.event_id) for r in rows}, timeout_s=60)
@@ -201,31 +201,31 @@ async def measure_drain(
 
 
 async def measure_latency(
-    uow_factory: Callable[[], UnitOfWork], reader: Reader, args: argparse.Namespace
+    uow_factory: Callable[[], SqlUnitOfWork], reader: Reader, args: argparse.Namespace
 ) -> None:
-    relay = KafkaOutboxRelay(
+    kafka = KafkaMessaging.create(
         uow_factory=uow_factory,
         bootstrap_servers=args.bootstrap,
         topic=args.topic,
         interval_s=1.0,
     )
-    await relay.start()
-    await until(relay.broker_available, timeout_s=30, poll_s=0.05)
+    await kafka.start()
+    await until(kafka.producer.broker_available, timeout_s=30, poll_s=0.05)
     await asyncio.sleep(0.2)
     to_readable: list[float] = []
     to_acknowledged: list[float] = []
     for n in range(args.samples):
         row = synthetic_event(n)
-        relay.reserve(row)  # what a request does: lease it, commit it, publish it
+        lease = kafka.publisher.reserve(row)  # what a request does: lease, commit, publish
         async with uow_factory() as uow:
-            uow.outbox.add(row)
+            uow.outbox.add(row, lease=lease)
             await uow.commit()
         committed = time.perf_counter()
-        await relay.publish_committed([row])
+        await kafka.publisher.publish_committed([row])
         to_acknowledged.append(time.perf_counter() - committed)
         read = await reader.wait_for({str(row.event_id)}, timeout_s=10)
         to_readable.append(read - committed)
-    await relay.stop()
+    await kafka.stop()
 
     def pct(values: list[float], q: int) -> float:
         return statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000
@@ -243,8 +243,8 @@ async def main(args: argparse.Namespace) -> None:
     engine = build_engine(settings, application_name="measure-outbox")
     session_factory = build_session_factory(engine)
 
-    def uow_factory() -> UnitOfWork:
-        return UnitOfWork(session_factory)
+    def uow_factory() -> SqlUnitOfWork:
+        return SqlUnitOfWork(session_factory)
 
     reader = Reader(args.bootstrap, args.topic)
     await reader.open()

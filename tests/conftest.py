@@ -20,9 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.adapters.bank.simulator import SimulatedBankGateway
 from app.adapters.db.engine import build_engine, build_session_factory
-from app.adapters.db.unit_of_work import UnitOfWork
+from app.adapters.db.queries import SqlPaymentQueries
+from app.adapters.db.unit_of_work import SqlUnitOfWork
 from app.core.config import Settings
-from app.main import build_vault, create_app
+from app.main import build_services, create_app
 from app.services import merchants
 from app.services.context import ServiceContext
 
@@ -130,16 +131,22 @@ async def truncate_all(engine: AsyncEngine) -> None:
 
 
 @pytest.fixture
-def uow_factory(session_factory: async_sessionmaker[AsyncSession]) -> Callable[[], UnitOfWork]:
-    return lambda: UnitOfWork(session_factory)
+def uow_factory(
+    session_factory: async_sessionmaker[AsyncSession],
+) -> Callable[[], SqlUnitOfWork]:
+    return lambda: SqlUnitOfWork(session_factory)
 
 
 @pytest.fixture
-def ctx(uow_factory: Callable[[], UnitOfWork], settings: Settings) -> ServiceContext:
+def queries(engine: AsyncEngine) -> SqlPaymentQueries:
+    """Reads in autocommit over the test engine."""
+    return SqlPaymentQueries(engine)
+
+
+@pytest.fixture
+def ctx(engine: AsyncEngine, settings: Settings) -> ServiceContext:
     """Service context on the in-process bank simulator."""
-    return ServiceContext(
-        uow_factory=uow_factory, bank=SimulatedBankGateway(), vault=build_vault(settings)
-    )
+    return build_services(settings, engine, bank=SimulatedBankGateway())
 
 
 @dataclass(frozen=True)

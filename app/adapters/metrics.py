@@ -28,9 +28,8 @@ from datadog.dogstatsd.base import DogStatsd
 from app.domain.money import exponent
 
 if TYPE_CHECKING:
-    from app.adapters.bank.base import BankGateway
-    from app.adapters.db.unit_of_work import UnitOfWork
     from app.core.config import Settings
+    from app.services.ports import BankGateway, UnitOfWork
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +155,8 @@ def _tags(**values: str | None) -> list[str]:
 
 
 class PaymentMetrics:
-    """Sends the catalogue's metrics; every method is a no-op when metrics are disabled."""
+    """The :class:`~app.services.ports.Metrics` port over DogStatsD: sends the catalogue's
+    metrics; every method is a no-op when metrics are disabled."""
 
     def __init__(self, statsd: DogStatsd | None = None) -> None:
         """Wrap a DogStatsD client, or nothing (disabled)."""

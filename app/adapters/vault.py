@@ -12,11 +12,9 @@ Nothing here ever puts a card number, a token or key material into a message or 
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import os
-import re
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Final, Self
@@ -24,7 +22,27 @@ from typing import Final, Self
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from app.core.card_keys import (
+    DEVELOPMENT_FINGERPRINT_KEY,
+    DEVELOPMENT_KEY_ID,
+    DEVELOPMENT_KEYS_SPEC,
+    KEY_ID_SHAPE,
+    VaultError,
+    decode_b64,
+    is_development_material,
+    parse_keys_spec,
+)
 from app.domain.cards import normalize_card_number
+
+__all__ = [
+    "DEVELOPMENT_FINGERPRINT_KEY",
+    "DEVELOPMENT_KEYS_SPEC",
+    "DEVELOPMENT_KEY_ID",
+    "CardVault",
+    "VaultError",
+    "is_development_material",
+    "parse_keys_spec",
+]
 
 FORMAT_VERSION: Final = "v1"
 """Format version, the token's first segment."""
@@ -35,30 +53,6 @@ KEY_BYTES: Final = 32
 NONCE_BYTES: Final = 12
 """96-bit GCM nonce, fresh and random for every encryption."""
 
-DEVELOPMENT_KEY_ID: Final = "dev-1"
-"""Key id of the development encryption key; production refuses it."""
-
-DEVELOPMENT_KEYS_SPEC: Final = f"{DEVELOPMENT_KEY_ID}:309Yh6+Miv+eu4mK5b8gM54XSw+dXC9PDkhEkmaJe3Y="
-"""Development-only encryption keys, in the ``kid:base64`` format of the configuration."""
-
-DEVELOPMENT_FINGERPRINT_KEY: Final = "g4ugg45+ONjHGxb51IefApTSYy/drPRFDuA0YQNmp5U="
-"""Development-only fingerprint HMAC key (base64); production refuses it."""
-
-_KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-class VaultError(Exception):
-    """A card token cannot be decrypted, or the vault's key configuration is invalid."""
-
-
-def _decode_b64(value: str, what: str) -> bytes:
-    # Accepts the standard and the URL-safe alphabet, with or without padding.
-    text = value.strip().replace("-", "+").replace("_", "/")
-    try:
-        return base64.b64decode((text + "=" * (-len(text) % 4)).encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError):
-        raise VaultError(f"{what} is not valid base64") from None
-
 
 def _pan_bytes(pan: str) -> bytes:
     digits = normalize_card_number(pan)
@@ -66,29 +60,6 @@ def _pan_bytes(pan: str) -> bytes:
         # Never echo the value: it may be a card number with a typo in it.
         raise VaultError("a card number must contain only digits, spaces and dashes")
     return digits.encode("ascii")
-
-
-def parse_keys_spec(keys_spec: str) -> dict[str, bytes]:
-    """Parse ``"kid1:base64key,kid2:base64key"`` into key id -> key bytes.
-
-    Raises:
-        VaultError: If the spec is empty or malformed, a key id repeats, or a key is not
-            base64 of 32 bytes. Messages name key ids, never key material.
-    """
-    keys: dict[str, bytes] = {}
-    for entry in keys_spec.split(","):
-        if not entry.strip():
-            continue
-        key_id, sep, encoded = entry.strip().partition(":")
-        key_id = key_id.strip()
-        if not sep or not _KEY_ID.fullmatch(key_id):
-            raise VaultError("card encryption keys must look like 'kid1:base64key,kid2:base64key'")
-        if key_id in keys:
-            raise VaultError(f"card encryption key id {key_id!r} is listed twice")
-        keys[key_id] = _decode_b64(encoded, f"card encryption key {key_id!r}")
-    if not keys:
-        raise VaultError("no card encryption keys are configured")
-    return keys
 
 
 class CardVault:
@@ -112,7 +83,7 @@ class CardVault:
             raise VaultError("no card encryption keys are configured")
         ciphers: dict[str, AESGCM] = {}
         for key_id, key in keys.items():
-            if not _KEY_ID.fullmatch(key_id):
+            if not KEY_ID_SHAPE.fullmatch(key_id):
                 raise VaultError(f"card encryption key id {key_id!r} must be 1-64 of [A-Za-z0-9_-]")
             if len(key) != KEY_BYTES:
                 raise VaultError(
@@ -142,7 +113,7 @@ class CardVault:
         return cls(
             keys=parse_keys_spec(keys_spec),
             current_key_id=current_key_id.strip(),
-            fingerprint_key=_decode_b64(fingerprint_key_b64, "card fingerprint key"),
+            fingerprint_key=decode_b64(fingerprint_key_b64, "card fingerprint key"),
         )
 
     @property
@@ -200,7 +171,7 @@ class CardVault:
         cipher = self._ciphers.get(key_id)
         if cipher is None:
             raise VaultError(f"card token uses unknown key id {key_id!r}")
-        raw = _decode_b64(token.split(".", 2)[2], "card token")
+        raw = decode_b64(token.split(".", 2)[2], "card token")
         if len(raw) < NONCE_BYTES + 16:
             raise VaultError("card token is truncated")
         try:
@@ -218,7 +189,7 @@ class CardVault:
             VaultError: If the token is not a ``v1`` vault token.
         """
         parts = token.split(".", 2)
-        if len(parts) != 3 or parts[0] != FORMAT_VERSION or not _KEY_ID.fullmatch(parts[1]):
+        if len(parts) != 3 or parts[0] != FORMAT_VERSION or not KEY_ID_SHAPE.fullmatch(parts[1]):
             raise VaultError("card token is malformed")
         return parts[1]
 
@@ -233,33 +204,3 @@ class CardVault:
             VaultError: If the card number contains anything but digits, spaces and dashes.
         """
         return hmac.new(self._fingerprint_key, _pan_bytes(pan), hashlib.sha256).hexdigest()
-
-
-def is_development_material(keys_spec: str, fingerprint_key: str | bytes) -> bool:
-    """Whether configured vault keys include the development key material.
-
-    Args:
-        keys_spec: The configured ``"kid:base64key,..."`` encryption keys.
-        fingerprint_key: The configured fingerprint key, base64 text or raw bytes.
-
-    Returns:
-        True if any encryption key or the fingerprint key is a development key (compared
-        by key bytes, so re-encoding or renaming the key id does not hide it).
-    """
-    dev_key_b64 = DEVELOPMENT_KEYS_SPEC.split(":", 1)[1]
-    if dev_key_b64 in keys_spec:
-        return True
-    dev_key = _decode_b64(dev_key_b64, "development card encryption key")
-    try:
-        configured = list(parse_keys_spec(keys_spec).values())
-    except VaultError:
-        configured = []  # malformed keys are refused when the vault is built
-    if any(hmac.compare_digest(key, dev_key) for key in configured):
-        return True
-    dev_fingerprint = _decode_b64(DEVELOPMENT_FINGERPRINT_KEY, "development fingerprint key")
-    if isinstance(fingerprint_key, str):
-        try:
-            fingerprint_key = _decode_b64(fingerprint_key, "card fingerprint key")
-        except VaultError:
-            return False
-    return hmac.compare_digest(fingerprint_key, dev_fingerprint)

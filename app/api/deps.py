@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
 from asgi_correlation_id.context import correlation_id
 from fastapi import Depends, Header, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings
+from app.domain.merchants import Merchant
 from app.services.auth import Authenticator
 from app.services.context import ServiceContext
-from app.services.payments import MerchantPrincipal
 
 
 @dataclass(slots=True)
@@ -21,8 +21,8 @@ class Runtime:
     """Everything wired at start-up, shared by all requests of one worker."""
 
     settings: Settings
-    engine: AsyncEngine
     services: ServiceContext
+    database_ping: Callable[[], Awaitable[None]]
     authenticator: Authenticator
     fingerprint_secret: bytes
     draining: bool = field(default=False)
@@ -58,14 +58,14 @@ async def current_merchant(
     authorization: Annotated[
         str | None, Header(description="`Bearer <api_key>`", include_in_schema=False)
     ] = None,
-) -> MerchantPrincipal:
+) -> Merchant:
     """The merchant behind the bearer key (401 otherwise)."""
     return await runtime.authenticator.authenticate(
         authorization, correlation_id=correlation_id.get()
     )
 
 
-MerchantDep = Annotated[MerchantPrincipal, Depends(current_merchant)]
+MerchantDep = Annotated[Merchant, Depends(current_merchant)]
 
 IdempotencyKeyHeader = Annotated[
     str | None,

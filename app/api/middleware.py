@@ -18,7 +18,7 @@ _CORRELATION_SHAPE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def valid_correlation_id(value: str) -> bool:
-    """SPEC §2: 1-128 characters of ``[A-Za-z0-9._:-]``."""
+    """docs/api.md, "Correlation ids": 1-128 characters of ``[A-Za-z0-9._:-]``."""
     return bool(_CORRELATION_SHAPE.fullmatch(value))
 
 

@@ -1,6 +1,6 @@
 """Request and response bodies of the HTTP API, with the examples OpenAPI shows.
 
-Requests are strict: unknown fields are rejected and every rule of SPEC §2 is checked
+Requests are strict: unknown fields are rejected and every rule of docs/api.md is checked
 here, so a bad request fails with one 422 listing every bad field before any work starts.
 """
 
@@ -21,9 +21,16 @@ from pydantic import (
 )
 
 from app.core.jsoncodec import dump_json
-from app.domain.cards import validate_card_number
+from app.domain.cards import CardBrand, validate_card_number
 from app.domain.errors import InvalidAmount, PaymentServiceError
 from app.domain.money import MAX_MAJOR_UNITS, Money, normalize_currency
+from app.domain.payments import (
+    DESCRIPTION_MAX_LENGTH,
+    REFUND_REASON_MAX_LENGTH,
+    PaymentMethod,
+    PaymentStatus,
+    RefundStatus,
+)
 
 METADATA_MAX_KEYS = 50
 METADATA_MAX_BYTES = 16 * 1024
@@ -80,7 +87,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
 
-class CardData(_Strict):
+class CardRequest(_Strict):
     """Card details; the number and CVV are never stored in clear, logged or returned."""
 
     card_number: Annotated[str, Field(description="12-19 digits; spaces and dashes ignored.")]
@@ -128,9 +135,11 @@ class PaymentRequest(_Strict):
     # currency is validated first so the amount's decimals can be checked against it.
     currency: Annotated[str, Field(description="ISO 4217 alpha-3, any case.", examples=["USD"])]
     amount: Amount
-    payment_method: Literal["credit_card", "debit_card"]
-    card_data: CardData
-    description: Annotated[str | None, StringConstraints(max_length=500), NoNul] = None
+    payment_method: PaymentMethod
+    card_data: CardRequest
+    description: Annotated[
+        str | None, StringConstraints(max_length=DESCRIPTION_MAX_LENGTH), NoNul
+    ] = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     _money: Money = PrivateAttr()
@@ -181,7 +190,7 @@ class PaymentRequest(_Strict):
         return self._money
 
 
-class RefundRequestBody(_Strict):
+class RefundRequest(_Strict):
     """POST /api/v1/payments/{transaction_id}/refund; every field optional."""
 
     model_config = ConfigDict(
@@ -192,7 +201,9 @@ class RefundRequestBody(_Strict):
     )
 
     amount: Amount | None = None
-    reason: Annotated[str | None, StringConstraints(max_length=500), NoNul] = None
+    reason: Annotated[str | None, StringConstraints(max_length=REFUND_REASON_MAX_LENGTH), NoNul] = (
+        None
+    )
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("amount", mode="before")
@@ -222,11 +233,16 @@ class RefundRequestBody(_Strict):
     def _bounded_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
         return _check_metadata(value)
 
+    @property
+    def amount_decimal(self) -> Decimal | None:
+        """The amount asked for, exactly; ``None`` refunds everything still refundable."""
+        return None if self.amount is None else Decimal(self.amount)
 
-class CardSummary(BaseModel):
+
+class CardResponse(BaseModel):
     """What is kept of a card in clear."""
 
-    brand: Literal["visa", "mastercard", "amex", "discover", "unknown"]
+    brand: CardBrand
     last4: str
     exp_month: int
     exp_year: int
@@ -238,7 +254,7 @@ class RefundSummary(BaseModel):
     refund_id: str
     amount: str
     currency: str
-    status: Literal["succeeded", "failed"]
+    status: RefundStatus
     reason: str | None
     metadata: dict[str, Any]
     created_at: str
@@ -273,11 +289,11 @@ class PaymentResponse(BaseModel):
 
     transaction_id: str
     merchant_id: str
-    status: Literal["captured", "declined", "failed", "partially_refunded", "refunded"]
+    status: PaymentStatus
     amount: str
     currency: str
-    payment_method: Literal["credit_card", "debit_card"]
-    card: CardSummary
+    payment_method: PaymentMethod
+    card: CardResponse
     card_last_four: str
     authorization_code: str | None
     decline_code: str | None
@@ -326,10 +342,10 @@ class RefundResponse(BaseModel):
     transaction_id: str
     amount: str
     currency: str
-    status: Literal["succeeded", "failed"]
+    status: RefundStatus
     reason: str | None
     metadata: dict[str, Any]
-    payment_status: Literal["captured", "partially_refunded", "refunded"]
+    payment_status: PaymentStatus
     refunded_amount: str
     refundable_amount: str
     created_at: str

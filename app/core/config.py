@@ -15,7 +15,7 @@ from typing import Self
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.adapters.vault import (
+from app.core.card_keys import (
     DEVELOPMENT_FINGERPRINT_KEY,
     DEVELOPMENT_KEY_ID,
     DEVELOPMENT_KEYS_SPEC,
@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     kafka_topic: str = "payments.events"
     kafka_client_id: str = "payment-service"
     kafka_publish_timeout_s: float = Field(default=5.0, gt=0)
+    # How long a request waits for its own events' acknowledgement before answering; the
+    # publication goes on in the background (bounded by the publish timeout).
+    kafka_request_publish_wait_s: float = Field(default=0.5, gt=0)
     outbox_relay_interval_s: float = Field(default=1.0, gt=0)
     outbox_batch_size: int = Field(default=100, ge=1, le=10_000)
 

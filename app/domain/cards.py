@@ -82,7 +82,7 @@ class CardBrand(StrEnum):
 
 
 def card_brand(number: str) -> CardBrand:
-    """Return the brand for a card number from its issuer prefix (SPEC §2)."""
+    """Return the brand for a card number from its issuer prefix (docs/api.md, "Test cards")."""
     digits = normalize_card_number(number)
     if not digits.isdigit():
         return CardBrand.UNKNOWN
@@ -194,7 +194,7 @@ TEST_CARDS: tuple[TestCard, ...] = (
         f"Bank answers only after {BANK_TIMEOUT_DELAY_S} s",
     ),
 )
-"""Every test card of SPEC §2, in table order."""
+"""Every test card of docs/api.md, "Test cards", in table order."""
 
 DEFAULT_APPROVAL: Final = TestCard(
     "", BankBehaviour.APPROVE, None, "Any other Luhn-valid number, approved"

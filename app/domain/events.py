@@ -1,50 +1,73 @@
-"""The event types published for every payment and refund state change (SPEC §6)."""
+"""The events a payment's state changes emit, and the envelope they are published in.
+
+The aggregates in :mod:`app.domain.payments` emit a :class:`DomainEvent` for every state
+change; the service layer writes each one to the outbox in the same transaction as the
+change, and the relay publishes :meth:`DomainEvent.envelope` as the Kafka record's value
+(docs/events.md). No card data is ever part of an event.
+"""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
 
-from app.domain.payments import PaymentStatus, RefundStatus
+from app.domain.timestamps import iso
 
 EVENT_VERSION: Final = 1
 """Schema version carried as ``event_version`` in every event."""
 
 
 class EventType(StrEnum):
-    """The ``event_type`` of a published event."""
+    """The ``event_type`` of a published event (docs/events.md)."""
 
+    PAYMENT_PROCESSING = "payment.processing"
+    PAYMENT_AUTHORIZED = "payment.authorized"
     PAYMENT_CAPTURED = "payment.captured"
     PAYMENT_DECLINED = "payment.declined"
     PAYMENT_FAILED = "payment.failed"
+    PAYMENT_VOIDED = "payment.voided"
+    PAYMENT_EXPIRED = "payment.expired"
+    REFUND_PENDING = "refund.pending"
     REFUND_SUCCEEDED = "refund.succeeded"
     REFUND_FAILED = "refund.failed"
 
 
-_PAYMENT_OUTCOME_EVENTS: Final = {
-    PaymentStatus.CAPTURED: EventType.PAYMENT_CAPTURED,
-    PaymentStatus.DECLINED: EventType.PAYMENT_DECLINED,
-    PaymentStatus.FAILED: EventType.PAYMENT_FAILED,
-}
+@dataclass(frozen=True, slots=True)
+class DomainEvent:
+    """One state change of a payment or of one of its refunds.
 
-_REFUND_EVENTS: Final = {
-    RefundStatus.SUCCEEDED: EventType.REFUND_SUCCEEDED,
-    RefundStatus.FAILED: EventType.REFUND_FAILED,
-}
-
-
-def event_type_for_payment(status: PaymentStatus) -> EventType:
-    """Return the event type for a new payment's outcome.
-
-    Raises:
-        ValueError: For refund statuses, which publish ``refund.*`` events instead.
+    Attributes:
+        event_type: What happened.
+        transaction_id: The payment it happened to (the Kafka key: one partition per
+            payment keeps its events in order).
+        merchant_id: The payment's merchant.
+        correlation_id: The request (or the reconciliation) that caused it.
+        occurred_at: When the change was made.
+        data: The event's ``data`` member: amounts as decimal strings, statuses, codes.
+        event_id: Unique per event; consumers deduplicate on it.
     """
-    try:
-        return _PAYMENT_OUTCOME_EVENTS[status]
-    except KeyError:
-        raise ValueError(f"{status} is not the outcome of a new payment") from None
 
+    event_type: EventType
+    transaction_id: str
+    merchant_id: str
+    correlation_id: str | None
+    occurred_at: datetime
+    data: Mapping[str, Any]
+    event_id: uuid.UUID = field(default_factory=uuid.uuid4)
 
-def event_type_for_refund(status: RefundStatus) -> EventType:
-    """Return the event type for a refund's outcome."""
-    return _REFUND_EVENTS[status]
+    def envelope(self) -> dict[str, Any]:
+        """The published JSON object (docs/events.md, "The event")."""
+        return {
+            "event_id": str(self.event_id),
+            "event_type": self.event_type.value,
+            "event_version": EVENT_VERSION,
+            "occurred_at": iso(self.occurred_at),
+            "transaction_id": self.transaction_id,
+            "merchant_id": self.merchant_id,
+            "correlation_id": self.correlation_id,
+            "data": dict(self.data),
+        }

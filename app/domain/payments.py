@@ -1,46 +1,86 @@
-"""The payment state machine and the refund rules.
+"""The Payment aggregate: its state machine, its money arithmetic and the events it emits.
 
-A payment is created in its outcome status (``captured``, ``declined`` or ``failed``);
-only captured money can be refunded, partially or in full, and the sum of refunds never
-exceeds the captured amount.
+A payment is recorded ``processing`` before the bank is asked, then moves once to the
+bank's outcome (``authorized`` or ``captured``, ``declined``, ``failed``). An authorized
+payment is captured, voided or expires; captured money is refunded, partially or in full.
+Refunds belong to their payment: a refund first *reserves* its amount (``pending``), then
+settles ``succeeded`` or ``failed``; succeeded plus pending refunds never exceed what was
+captured. Every rule is here and nowhere else: services, responses, events, the API schema
+and the database CHECK constraints all take their status sets from this module.
+
+Every state change appends a :class:`~app.domain.events.DomainEvent`; the service takes
+them with :meth:`Payment.pull_events` and writes them with the change.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from types import MappingProxyType
+from typing import Any, Final
 
+from app.domain.cards import CardBrand
 from app.domain.errors import (
     InvalidAmount,
     InvalidTransition,
     PaymentNotRefundable,
     RefundExceedsBalance,
 )
-from app.domain.money import Money
+from app.domain.events import DomainEvent, EventType
+from app.domain.money import Money, format_minor
 
 
 class PaymentStatus(StrEnum):
-    """Where a payment stands."""
+    """Where a payment stands (docs/api.md, "Payments and their statuses")."""
 
+    PROCESSING = "processing"
+    AUTHORIZED = "authorized"
     CAPTURED = "captured"
     DECLINED = "declined"
     FAILED = "failed"
+    VOIDED = "voided"
+    EXPIRED = "expired"
     PARTIALLY_REFUNDED = "partially_refunded"
     REFUNDED = "refunded"
 
 
 class RefundStatus(StrEnum):
-    """The outcome of a refund."""
+    """Where a refund stands."""
 
+    PENDING = "pending"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
 
 
-ALLOWED_TRANSITIONS: Mapping[PaymentStatus | None, frozenset[PaymentStatus]] = MappingProxyType(
+class CaptureMethod(StrEnum):
+    """Whether an approval captures at once or waits for an explicit capture."""
+
+    AUTOMATIC = "automatic"
+    MANUAL = "manual"
+
+
+class PaymentMethod(StrEnum):
+    """How the customer pays."""
+
+    CREDIT_CARD = "credit_card"
+    DEBIT_CARD = "debit_card"
+
+
+PAYMENT_TRANSITIONS: Final[Mapping[PaymentStatus, frozenset[PaymentStatus]]] = MappingProxyType(
     {
-        None: frozenset({PaymentStatus.CAPTURED, PaymentStatus.DECLINED, PaymentStatus.FAILED}),
+        PaymentStatus.PROCESSING: frozenset(
+            {
+                PaymentStatus.AUTHORIZED,
+                PaymentStatus.CAPTURED,
+                PaymentStatus.DECLINED,
+                PaymentStatus.FAILED,
+            }
+        ),
+        PaymentStatus.AUTHORIZED: frozenset(
+            {PaymentStatus.CAPTURED, PaymentStatus.VOIDED, PaymentStatus.EXPIRED}
+        ),
         PaymentStatus.CAPTURED: frozenset(
             {PaymentStatus.PARTIALLY_REFUNDED, PaymentStatus.REFUNDED}
         ),
@@ -49,118 +89,428 @@ ALLOWED_TRANSITIONS: Mapping[PaymentStatus | None, frozenset[PaymentStatus]] = M
         ),
         PaymentStatus.DECLINED: frozenset(),
         PaymentStatus.FAILED: frozenset(),
+        PaymentStatus.VOIDED: frozenset(),
+        PaymentStatus.EXPIRED: frozenset(),
         PaymentStatus.REFUNDED: frozenset(),
     }
 )
-"""Status -> the statuses it may move to; ``None`` is a payment being created."""
+"""Status -> the statuses a payment in it may move to."""
 
-REFUNDABLE_STATUSES: frozenset[PaymentStatus] = frozenset(
-    {PaymentStatus.CAPTURED, PaymentStatus.PARTIALLY_REFUNDED}
+REFUND_TRANSITIONS: Final[Mapping[RefundStatus, frozenset[RefundStatus]]] = MappingProxyType(
+    {
+        RefundStatus.PENDING: frozenset({RefundStatus.SUCCEEDED, RefundStatus.FAILED}),
+        RefundStatus.SUCCEEDED: frozenset(),
+        RefundStatus.FAILED: frozenset(),
+    }
 )
-"""Statuses in which a payment still has money that can be refunded."""
+"""Refund status -> the statuses a refund in it may move to."""
+
+CAPTURED_STATUSES: Final = frozenset(
+    {PaymentStatus.CAPTURED, PaymentStatus.PARTIALLY_REFUNDED, PaymentStatus.REFUNDED}
+)
+"""Statuses in which money was captured (and may have been refunded since)."""
+
+REFUNDABLE_STATUSES: Final = frozenset({PaymentStatus.CAPTURED, PaymentStatus.PARTIALLY_REFUNDED})
+"""Statuses in which a payment may still have money to refund."""
+
+REFUNDED_STATUSES: Final = frozenset({PaymentStatus.PARTIALLY_REFUNDED, PaymentStatus.REFUNDED})
+"""Statuses that say some money was refunded."""
+
+FINAL_STATUSES: Final = frozenset(status for status, nxt in PAYMENT_TRANSITIONS.items() if not nxt)
+"""Statuses a payment never leaves."""
+
+AUTHORIZATION_CODE_MAX_LENGTH: Final = 64
+DECLINE_CODE_MAX_LENGTH: Final = 64
+DECLINE_MESSAGE_MAX_LENGTH: Final = 255
+FAILURE_CODE_MAX_LENGTH: Final = 64
+BANK_REFERENCE_MAX_LENGTH: Final = 64
+DESCRIPTION_MAX_LENGTH: Final = 500
+REFUND_REASON_MAX_LENGTH: Final = 500
+"""How long each text a payment keeps may be (the database columns have these sizes)."""
 
 
-def transition(current: PaymentStatus | None, new: PaymentStatus) -> PaymentStatus:
-    """Return ``new`` if a payment in ``current`` may move to it.
-
-    Args:
-        current: The payment's status, or ``None`` for a payment being created.
-        new: The status to move to.
-
-    Raises:
-        InvalidTransition: If the state machine forbids the move.
-    """
-    if new not in ALLOWED_TRANSITIONS[current]:
-        origin = "a new payment" if current is None else f"a {current} payment"
-        raise InvalidTransition(f"Cannot move {origin} to {new}.")
-    return new
-
-
-def refundable_minor(captured_minor: int, refunded_minor: int) -> int:
-    """Return the minor amount still refundable.
-
-    Raises:
-        ValueError: If the amounts are negative or more was refunded than captured,
-            which would mean the stored data breaks the refund invariant.
-    """
-    if captured_minor < 0 or refunded_minor < 0:
-        raise ValueError("captured and refunded amounts must not be negative")
-    if refunded_minor > captured_minor:
-        raise ValueError("refunded amount exceeds the captured amount")
-    return captured_minor - refunded_minor
-
-
-@dataclass(frozen=True)
-class RefundDecision:
-    """What a valid refund does to its payment.
+@dataclass(frozen=True, slots=True)
+class Card:
+    """What is kept of a card: never the number in clear, never the CVV.
 
     Attributes:
-        amount: The amount to refund.
-        new_status: The payment's status once the refund succeeds.
-        new_refunded_minor: The payment's total refunded minor amount afterwards.
-        refundable_after_minor: What remains refundable afterwards.
+        brand: The network, from the number's prefix.
+        last4: The number's last four digits.
+        exp_month: Expiry month, 1-12.
+        exp_year: Expiry year, four digits.
+        fingerprint: Keyed digest of the number (the same card matches across payments).
+        token: The number encrypted by the card vault.
     """
 
+    brand: CardBrand
+    last4: str
+    exp_month: int
+    exp_year: int
+    fingerprint: str = field(repr=False)
+    token: str = field(repr=False)
+
+
+@dataclass(eq=False, slots=True)
+class Refund:
+    """Money returned against a captured payment; owned by its :class:`Payment`."""
+
+    refund_id: str
+    transaction_id: str
     amount: Money
-    new_status: PaymentStatus
-    new_refunded_minor: int
-    refundable_after_minor: int
+    status: RefundStatus
+    reason: str | None
+    metadata: dict[str, Any]
+    correlation_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    bank_reference: str | None = None
+    failure_code: str | None = None
+
+    def _settle(self, new: RefundStatus, at: datetime) -> None:
+        if new not in REFUND_TRANSITIONS[self.status]:
+            raise InvalidTransition(f"Cannot move a {self.status} refund to {new}.")
+        self.status = new
+        self.updated_at = at
 
 
-def decide_refund(
-    *,
-    status: PaymentStatus,
-    captured: Money,
-    refunded_minor: int,
-    requested: Money | None,
-) -> RefundDecision:
-    """Decide whether and how a payment can be refunded.
+@dataclass(eq=False, slots=True)
+class Payment:
+    """A card payment and its refunds: the one place its rules are decided.
 
-    Args:
-        status: The payment's current status.
-        captured: The payment's captured amount.
-        refunded_minor: What has been successfully refunded so far, in minor units.
-        requested: The amount asked for; ``None`` refunds the whole remaining balance.
-
-    Returns:
-        The refund amount and the payment's state after it.
-
-    Raises:
-        PaymentNotRefundable: If the payment is not in a refundable status or nothing
-            remains to refund.
-        InvalidAmount: If the requested amount is not positive or not in the payment's
-            currency.
-        RefundExceedsBalance: If the requested amount is more than what remains.
+    Amounts are kept in minor units of the payment's currency: ``captured_minor`` is what
+    was captured, ``refunded_minor`` what refunds returned, ``pending_refund_minor`` what
+    pending refunds have reserved.
     """
-    if status not in REFUNDABLE_STATUSES:
-        raise PaymentNotRefundable(f"A {status} payment cannot be refunded.")
-    remaining = refundable_minor(captured.minor, refunded_minor)
-    if remaining == 0:
-        raise PaymentNotRefundable("The payment has already been fully refunded.")
-    if requested is None:
-        amount = Money(remaining, captured.currency)
-    else:
-        if requested.currency != captured.currency:
+
+    transaction_id: str
+    merchant_id: str
+    amount: Money
+    payment_method: PaymentMethod
+    capture_method: CaptureMethod
+    card: Card
+    status: PaymentStatus
+    created_at: datetime
+    updated_at: datetime
+    captured_minor: int = 0
+    refunded_minor: int = 0
+    pending_refund_minor: int = 0
+    authorization_code: str | None = None
+    decline_code: str | None = None
+    decline_message: str | None = None
+    failure_code: str | None = None
+    description: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    correlation_id: str | None = None
+    refunds: list[Refund] = field(default_factory=list)
+    _events: list[DomainEvent] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        transaction_id: str,
+        merchant_id: str,
+        amount: Money,
+        payment_method: PaymentMethod,
+        capture_method: CaptureMethod,
+        card: Card,
+        description: str | None,
+        metadata: dict[str, Any],
+        correlation_id: str | None,
+        at: datetime,
+    ) -> Payment:
+        """A new payment, ``processing``: recorded before the bank is asked."""
+        return cls(
+            transaction_id=transaction_id,
+            merchant_id=merchant_id,
+            amount=amount,
+            payment_method=payment_method,
+            capture_method=capture_method,
+            card=card,
+            status=PaymentStatus.PROCESSING,
+            description=description,
+            metadata=metadata,
+            correlation_id=correlation_id,
+            created_at=at,
+            updated_at=at,
+        )
+
+    # -- what the payment's numbers say --------------------------------------------------
+
+    @property
+    def currency(self) -> str:
+        """The payment's ISO 4217 currency."""
+        return self.amount.currency
+
+    @property
+    def captured(self) -> Money:
+        """What was captured (zero until the payment is captured)."""
+        return Money(self.captured_minor, self.currency)
+
+    @property
+    def refunded(self) -> Money:
+        """What succeeded refunds returned."""
+        return Money(self.refunded_minor, self.currency)
+
+    @property
+    def refundable(self) -> Money:
+        """What a new refund may still take: captured - succeeded - pending refunds."""
+        if self.status not in REFUNDABLE_STATUSES:
+            return Money.zero(self.currency)
+        return Money(
+            self.captured_minor - self.refunded_minor - self.pending_refund_minor, self.currency
+        )
+
+    @property
+    def is_final(self) -> bool:
+        """Whether the payment can never change again."""
+        return self.status in FINAL_STATUSES
+
+    def refund(self, refund_id: str) -> Refund | None:
+        """The refund with this id among the loaded ones."""
+        return next((r for r in self.refunds if r.refund_id == refund_id), None)
+
+    # -- the bank's answer to the authorization -------------------------------------------
+
+    def approve(self, *, authorization_code: str, at: datetime) -> None:
+        """The bank approved: ``captured`` (automatic capture) or ``authorized`` (manual)."""
+        if self.status is not PaymentStatus.PROCESSING:
+            raise InvalidTransition(f"A {self.status} payment is not waiting for the bank.")
+        if self.capture_method is CaptureMethod.AUTOMATIC:
+            self._move(PaymentStatus.CAPTURED, at)
+            self.captured_minor = self.amount.minor
+            event = EventType.PAYMENT_CAPTURED
+        else:
+            self._move(PaymentStatus.AUTHORIZED, at)
+            event = EventType.PAYMENT_AUTHORIZED
+        self.authorization_code = authorization_code
+        self._emit_payment_event(event, at)
+
+    def decline(self, *, decline_code: str, decline_message: str | None, at: datetime) -> None:
+        """The bank (or a pre-check) said no."""
+        self._move(PaymentStatus.DECLINED, at)
+        self.decline_code = decline_code
+        self.decline_message = decline_message
+        self._emit_payment_event(EventType.PAYMENT_DECLINED, at)
+
+    def fail(self, *, failure_code: str, at: datetime) -> None:
+        """A technical failure that certainly did not charge the card."""
+        self._move(PaymentStatus.FAILED, at)
+        self.failure_code = failure_code
+        self._emit_payment_event(EventType.PAYMENT_FAILED, at)
+
+    def outcome_unknown(self, *, at: datetime) -> None:
+        """The bank's answer is unknown: the payment stays ``processing`` until it is
+        reconciled, and says so in a ``payment.processing`` event."""
+        if self.status is not PaymentStatus.PROCESSING:
+            raise InvalidTransition(f"A {self.status} payment is not waiting for the bank.")
+        self._emit_payment_event(EventType.PAYMENT_PROCESSING, at)
+
+    # -- after an authorization -------------------------------------------------------
+
+    def capture(self, *, amount: Money | None, at: datetime) -> None:
+        """Capture an authorized payment, in full or part (the rest is released).
+
+        Raises:
+            InvalidTransition: The payment is not ``authorized``.
+            InvalidAmount: The amount is not positive, not in the payment's currency, or
+                more than was authorized.
+        """
+        if self.status is not PaymentStatus.AUTHORIZED:
+            raise InvalidTransition(f"A {self.status} payment cannot be captured.")
+        captured = self._checked_amount(amount, limit=self.amount, what="authorized")
+        self._move(PaymentStatus.CAPTURED, at)
+        self.captured_minor = captured.minor
+        self._emit_payment_event(EventType.PAYMENT_CAPTURED, at)
+
+    def void(self, *, at: datetime) -> None:
+        """Release an authorization without capturing it.
+
+        Raises:
+            InvalidTransition: The payment is not ``authorized``.
+        """
+        if self.status is not PaymentStatus.AUTHORIZED:
+            raise InvalidTransition(f"A {self.status} payment cannot be voided.")
+        self._move(PaymentStatus.VOIDED, at)
+        self._emit_payment_event(EventType.PAYMENT_VOIDED, at)
+
+    def expire(self, *, at: datetime) -> None:
+        """An authorization left uncaptured for too long lapses."""
+        self._move(PaymentStatus.EXPIRED, at)
+        self._emit_payment_event(EventType.PAYMENT_EXPIRED, at)
+
+    # -- refunds ----------------------------------------------------------------------
+
+    def request_refund(
+        self,
+        *,
+        refund_id: str,
+        amount: Money | None,
+        reason: str | None,
+        metadata: dict[str, Any],
+        correlation_id: str | None,
+        at: datetime,
+    ) -> Refund:
+        """Reserve a refund's amount; the refund is ``pending`` until the bank answers.
+
+        Args:
+            amount: What to refund; ``None`` takes everything still refundable.
+
+        Raises:
+            PaymentNotRefundable: The payment is not captured, or nothing remains.
+            InvalidAmount: The amount is not positive or not in the payment's currency.
+            RefundExceedsBalance: The amount is more than what remains refundable.
+        """
+        if self.status not in REFUNDABLE_STATUSES:
+            raise PaymentNotRefundable(f"A {self.status} payment cannot be refunded.")
+        remaining = self.refundable
+        if remaining.is_zero:
+            raise PaymentNotRefundable(
+                "The payment has already been fully refunded."
+                if self.pending_refund_minor == 0
+                else "The rest of the payment is already being refunded."
+            )
+        if amount is None:
+            amount = remaining
+        else:
+            self._check_currency(amount)
+            if amount.minor <= 0:
+                raise InvalidAmount("Amount must be greater than zero.")
+            if amount > remaining:
+                raise RefundExceedsBalance(requested=amount, refundable=remaining)
+        refund = Refund(
+            refund_id=refund_id,
+            transaction_id=self.transaction_id,
+            amount=amount,
+            status=RefundStatus.PENDING,
+            reason=reason,
+            metadata=metadata,
+            correlation_id=correlation_id,
+            created_at=at,
+            updated_at=at,
+        )
+        self.pending_refund_minor += amount.minor
+        self.refunds.append(refund)
+        self._check_balance()
+        return refund
+
+    def refund_outcome_unknown(self, refund: Refund, *, at: datetime) -> None:
+        """The bank's answer to a refund is unknown: it stays ``pending`` (and reserved)
+        until it is reconciled, and says so in a ``refund.pending`` event."""
+        if refund.status is not RefundStatus.PENDING:
+            raise InvalidTransition(f"A {refund.status} refund is not waiting for the bank.")
+        self._emit_refund_event(EventType.REFUND_PENDING, refund, at)
+
+    def settle_refund(
+        self,
+        refund: Refund,
+        *,
+        succeeded: bool,
+        bank_reference: str | None,
+        failure_code: str | None,
+        at: datetime,
+    ) -> None:
+        """The bank's answer to a pending refund: the money is returned, or the
+        reservation is released."""
+        if refund.transaction_id != self.transaction_id:
+            raise ValueError("the refund belongs to another payment")
+        refund._settle(RefundStatus.SUCCEEDED if succeeded else RefundStatus.FAILED, at)
+        refund.bank_reference = bank_reference
+        self.pending_refund_minor -= refund.amount.minor
+        if succeeded:
+            self.refunded_minor += refund.amount.minor
+            self._move(
+                PaymentStatus.REFUNDED
+                if self.refunded_minor == self.captured_minor
+                else PaymentStatus.PARTIALLY_REFUNDED,
+                at,
+            )
+            event = EventType.REFUND_SUCCEEDED
+        else:
+            refund.failure_code = failure_code
+            event = EventType.REFUND_FAILED
+        self._check_balance()
+        self._emit_refund_event(event, refund, at)
+
+    # -- events -----------------------------------------------------------------------
+
+    def pull_events(self) -> list[DomainEvent]:
+        """The events emitted since the last call, oldest first (and forget them)."""
+        events, self._events = self._events, []
+        return events
+
+    def _emit_payment_event(self, event_type: EventType, at: datetime) -> None:
+        data: dict[str, Any] = {
+            "amount": self.amount.format(),
+            "currency": self.currency,
+            "status": self.status.value,
+            "payment_method": self.payment_method.value,
+            "card_brand": self.card.brand.value,
+        }
+        if self.decline_code:
+            data["decline_code"] = self.decline_code
+        if self.failure_code:
+            data["failure_code"] = self.failure_code
+        self._emit(event_type, self.correlation_id, at, data)
+
+    def _emit_refund_event(self, event_type: EventType, refund: Refund, at: datetime) -> None:
+        data: dict[str, Any] = {
+            "refund_id": refund.refund_id,
+            "amount": refund.amount.format(),
+            "currency": refund.amount.currency,
+            "status": refund.status.value,
+            "payment_status": self.status.value,
+            "refunded_amount": format_minor(self.refunded_minor, self.currency),
+        }
+        if refund.failure_code:
+            data["failure_code"] = refund.failure_code
+        self._emit(event_type, refund.correlation_id, at, data)
+
+    def _emit(
+        self, event_type: EventType, correlation_id: str | None, at: datetime, data: dict[str, Any]
+    ) -> None:
+        self._events.append(
+            DomainEvent(
+                event_type=event_type,
+                transaction_id=self.transaction_id,
+                merchant_id=self.merchant_id,
+                correlation_id=correlation_id,
+                occurred_at=at,
+                data=data,
+            )
+        )
+
+    # -- invariants -------------------------------------------------------------------
+
+    def _move(self, new: PaymentStatus, at: datetime) -> None:
+        if new not in PAYMENT_TRANSITIONS[self.status]:
+            raise InvalidTransition(f"Cannot move a {self.status} payment to {new}.")
+        self.status = new
+        self.updated_at = at
+
+    def _check_currency(self, amount: Money) -> None:
+        if amount.currency != self.currency:
             raise InvalidAmount(
-                f"Refund currency {requested.currency} does not match the payment "
-                f"currency {captured.currency}."
+                f"Amount currency {amount.currency} does not match the payment "
+                f"currency {self.currency}."
             )
-        if requested.minor <= 0:
+
+    def _checked_amount(self, amount: Money | None, *, limit: Money, what: str) -> Money:
+        if amount is None:
+            return limit
+        self._check_currency(amount)
+        if amount.minor <= 0:
             raise InvalidAmount("Amount must be greater than zero.")
-        if requested.minor > remaining:
-            raise RefundExceedsBalance(
-                requested=requested, refundable=Money(remaining, captured.currency)
-            )
-        amount = requested
-    new_refunded = refunded_minor + amount.minor
-    new_status = (
-        PaymentStatus.REFUNDED
-        if new_refunded == captured.minor
-        else PaymentStatus.PARTIALLY_REFUNDED
-    )
-    return RefundDecision(
-        amount=amount,
-        new_status=transition(status, new_status),
-        new_refunded_minor=new_refunded,
-        refundable_after_minor=captured.minor - new_refunded,
-    )
+        if amount > limit:
+            raise InvalidAmount(f"Amount must not exceed the {what} {limit.format()}.")
+        return amount
+
+    def _check_balance(self) -> None:
+        # Succeeded and pending refunds never exceed the capture: if this ever fails, a
+        # caller bypassed request_refund, and nothing must be written.
+        if not (
+            self.refunded_minor >= 0
+            and self.pending_refund_minor >= 0
+            and self.refunded_minor + self.pending_refund_minor <= self.captured_minor
+        ):
+            raise AssertionError("refunds exceed the captured amount")

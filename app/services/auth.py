@@ -1,4 +1,4 @@
-"""API-key authentication (SPEC §1) with a small in-process cache.
+"""API-key authentication (docs/api.md, "Authentication") with a small in-process cache.
 
 Keys are looked up by a keyed digest (HMAC-SHA256 under a server-side pepper), never in
 clear. The cache holds key → merchant for a short TTL behind a threading lock, and is
@@ -15,10 +15,10 @@ import threading
 
 from cachetools import TTLCache
 
+from app.domain.audit import ANONYMOUS_ACTOR, AuditEntry, AuditOutcome
 from app.domain.errors import Unauthorized
-from app.services.audit import ANONYMOUS_ACTOR, audit_entry
+from app.domain.merchants import Merchant
 from app.services.context import ServiceContext
-from app.services.payments import MerchantPrincipal
 
 API_KEY_SHAPE = re.compile(r"^[A-Za-z0-9._~+/=-]{16,256}$")
 
@@ -37,7 +37,7 @@ class Authenticator:
         self._ctx = ctx
         self._pepper = pepper
         self._lock = threading.Lock()
-        self._cache: TTLCache[str, MerchantPrincipal] | None = (
+        self._cache: TTLCache[str, Merchant] | None = (
             TTLCache(maxsize=maxsize, ttl=ttl_s) if ttl_s > 0 else None
         )
 
@@ -47,20 +47,20 @@ class Authenticator:
             with self._lock:
                 self._cache.clear()
 
-    def _cached(self, key_hash: str) -> MerchantPrincipal | None:
+    def _cached(self, key_hash: str) -> Merchant | None:
         if self._cache is None:
             return None
         with self._lock:
             return self._cache.get(key_hash)
 
-    def _remember(self, key_hash: str, principal: MerchantPrincipal) -> None:
+    def _remember(self, key_hash: str, principal: Merchant) -> None:
         if self._cache is not None:
             with self._lock:
                 self._cache[key_hash] = principal
 
     async def authenticate(
         self, authorization: str | None, *, correlation_id: str | None
-    ) -> MerchantPrincipal:
+    ) -> Merchant:
         """The merchant behind ``Authorization: Bearer <key>``.
 
         Raises:
@@ -74,17 +74,7 @@ class Authenticator:
         principal = self._cached(key_hash)
         if principal is not None:
             return principal
-        async with self._ctx.uow_factory() as uow:
-            found = await uow.api_keys.get_active_by_hash(key_hash)
-            principal = (
-                None
-                if found is None
-                else MerchantPrincipal(
-                    merchant_id=found[1].merchant_id,
-                    active=found[1].status == "active",
-                    currencies=frozenset(found[1].currencies),
-                )
-            )
+        principal = await self._ctx.queries.merchant_for_key(key_hash)
         if principal is None:
             await self._refuse("unknown_key", correlation_id, key_prefix=raw_key[:6])
             raise Unauthorized
@@ -99,12 +89,12 @@ class Authenticator:
             details["key_prefix"] = key_prefix
         async with self._ctx.uow_factory() as uow:
             uow.audit.append(
-                audit_entry(
+                AuditEntry(
                     actor=ANONYMOUS_ACTOR,
                     action="auth.authenticate",
                     resource_type="api_key",
                     resource_id=None,
-                    outcome="denied",
+                    outcome=AuditOutcome.DENIED,
                     correlation_id=correlation_id,
                     occurred_at=self._ctx.clock(),
                     details=details,

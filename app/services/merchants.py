@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import secrets
 import uuid
 from dataclasses import dataclass
 
-from app.adapters.db.models import ApiKey, Merchant
-from app.adapters.db.unit_of_work import UnitOfWork
+from app.domain.audit import ADMIN_ACTOR, AuditEntry, AuditOutcome
 from app.domain.errors import ApiKeyNotFound, MerchantNotFound, ValidationFailed
+from app.domain.merchants import ApiKey, Merchant, MerchantStatus
 from app.domain.money import normalize_currency
-from app.services.audit import ADMIN_ACTOR, audit_entry
 from app.services.auth import API_KEY_SHAPE, hash_api_key
 from app.services.context import ServiceContext
+from app.services.ports import UnitOfWork
 
 MIN_KEY_LENGTH = 16
 MERCHANT_ID_SHAPE = r"^[A-Za-z0-9_.-]{1,64}$"
@@ -74,21 +75,18 @@ async def create_merchant(
             Merchant(
                 merchant_id=merchant_id,
                 name=name or merchant_id,
-                status="active",
-                currencies=codes,
-                created_at=now,
-                updated_at=now,
+                status=MerchantStatus.ACTIVE,
+                currencies=frozenset(codes),
             )
         )
-        await uow.flush()
         _add_key(uow, merchant_id=merchant_id, key=key, pepper=pepper)
         uow.audit.append(
-            audit_entry(
+            AuditEntry(
                 actor=ADMIN_ACTOR,
                 action="merchant.create",
                 resource_type="merchant",
                 resource_id=merchant_id,
-                outcome="success",
+                outcome=AuditOutcome.SUCCESS,
                 correlation_id=None,
                 occurred_at=now,
                 details={"currencies": codes, "key_prefix": key[:6]},
@@ -122,12 +120,12 @@ async def issue_key(
             raise ValidationFailed("that API key is already in use", field="api_key")
         _add_key(uow, merchant_id=merchant_id, key=key, pepper=pepper)
         uow.audit.append(
-            audit_entry(
+            AuditEntry(
                 actor=ADMIN_ACTOR,
                 action="api_key.issue",
                 resource_type="merchant",
                 resource_id=merchant_id,
-                outcome="success",
+                outcome=AuditOutcome.SUCCESS,
                 correlation_id=None,
                 occurred_at=ctx.clock(),
                 details={"key_prefix": key[:6]},
@@ -142,16 +140,16 @@ async def revoke_key(ctx: ServiceContext, *, api_key: str, pepper: bytes) -> str
     """Revoke a key at once in every worker; returns its merchant id."""
     async with ctx.uow_factory() as uow:
         found = await uow.api_keys.get_by_hash(hash_api_key(api_key, pepper=pepper))
-        if found is None or found.revoked_at is not None:
+        if found is None or found.revoked:
             raise ApiKeyNotFound
-        found.revoked_at = ctx.clock()
+        uow.api_keys.revoke(found, at=ctx.clock())
         uow.audit.append(
-            audit_entry(
+            AuditEntry(
                 actor=ADMIN_ACTOR,
                 action="api_key.revoke",
                 resource_type="merchant",
                 resource_id=found.merchant_id,
-                outcome="success",
+                outcome=AuditOutcome.SUCCESS,
                 correlation_id=None,
                 occurred_at=ctx.clock(),
                 details={"key_prefix": found.key_prefix},
@@ -168,15 +166,16 @@ async def disable_merchant(ctx: ServiceContext, *, merchant_id: str) -> None:
         merchant = await uow.merchants.get(merchant_id)
         if merchant is None:
             raise MerchantNotFound(f"No merchant {merchant_id}.")
-        merchant.status = "disabled"
-        merchant.updated_at = ctx.clock()
+        uow.merchants.update(
+            dataclasses.replace(merchant, status=MerchantStatus.DISABLED), at=ctx.clock()
+        )
         uow.audit.append(
-            audit_entry(
+            AuditEntry(
                 actor=ADMIN_ACTOR,
                 action="merchant.disable",
                 resource_type="merchant",
                 resource_id=merchant_id,
-                outcome="success",
+                outcome=AuditOutcome.SUCCESS,
                 correlation_id=None,
                 occurred_at=ctx.clock(),
                 details={},

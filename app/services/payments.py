@@ -1,120 +1,45 @@
-"""Payment use cases: process, refund and read, each in one unit of work.
+"""Payment use cases: process a card payment, and read one.
 
-The rules live in the domain (money, cards, the state machine); this module orders the
-steps, talks to the bank, and makes every state change durable together with its audit
-row, its outbox event and, when the client sent one, its idempotency record.
+The rules live in the :class:`~app.domain.payments.Payment` aggregate; this module orders
+the steps, talks to the bank, and makes every state change durable together with its
+audit row, its outbox event and, when the client sent one, its idempotency answer.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-import uuid
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
-from app.adapters.bank.base import AuthorizationRequest, AuthorizationResult, RefundRequest
-from app.adapters.db.models import Refund, Transaction
-from app.adapters.db.unit_of_work import UnitOfWork
+from app.domain.audit import AuditEntry, AuditOutcome, merchant_actor
 from app.domain.cards import DECLINE_MESSAGES, card_brand, is_expired, last4
-from app.domain.errors import (
-    BankUnavailable,
-    CurrencyNotSupported,
-    MerchantInactive,
-    MerchantMismatch,
-    PaymentNotFound,
-    PaymentServiceError,
-)
-from app.domain.events import event_type_for_payment, event_type_for_refund
+from app.domain.errors import BankUnavailable, PaymentNotFound, PaymentServiceError
+from app.domain.ids import is_transaction_id, new_transaction_id
+from app.domain.merchants import Merchant
 from app.domain.money import Money
-from app.domain.payments import PaymentStatus, RefundStatus, decide_refund, transition
-from app.services.audit import audit_entry, merchant_actor
+from app.domain.payments import CaptureMethod, Card, Payment, PaymentMethod
 from app.services.context import ServiceContext
-from app.services.events import payment_outcome_event, refund_event
-from app.services.idempotency import IdempotencyClaim
+from app.services.events import outbox_message
+from app.services.idempotency import Answer, Claim, IdempotencyKey, run_idempotently
+from app.services.ports import AuthorizationRequest, OutboxMessage, UnitOfWork
+from app.services.responses import payment_response
 from app.services.telemetry import FlowSpan, span
-from app.services.views import payment_view, refund_view
 
 logger = logging.getLogger(__name__)
 
 EXPIRED_CARD = "expired_card"
 
 
-TRANSACTION_ID_SHAPE = re.compile(r"^txn_[0-9a-f]{32}$")
-"""What every id from :func:`new_transaction_id` looks like."""
-
-
-def new_transaction_id() -> str:
-    """A fresh, unguessable transaction id."""
-    return f"txn_{uuid.uuid4().hex}"
-
-
-def new_refund_id() -> str:
-    """A fresh, unguessable refund id."""
-    return f"re_{uuid.uuid4().hex}"
-
-
-@dataclass(frozen=True, slots=True)
-class MerchantPrincipal:
-    """The merchant an API key authenticates, as the use cases need it."""
-
-    merchant_id: str
-    active: bool
-    currencies: frozenset[str]
-
-
 @dataclass(frozen=True, slots=True)
 class CardDetails:
-    """Card data from the request; the number and CVV never leave this object in clear."""
+    """The card as the customer entered it; the number and CVV never leave this object
+    in clear (the CVV only goes to the bank)."""
 
     number: str = field(repr=False)
     cvv: str = field(repr=False)
     exp_month: int
     exp_year: int
     holder_name: str = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class ProcessPayment:
-    """A validated request to take a payment."""
-
-    merchant_id: str
-    amount: Money
-    payment_method: str
-    card: CardDetails
-    description: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class RefundPayment:
-    """A validated request to refund (part of) a payment; no amount means the rest."""
-
-    transaction_id: str
-    amount: Decimal | None = None
-    reason: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
-def check_merchant(merchant: MerchantPrincipal, *, merchant_id: str, currency: str) -> None:
-    """SPEC §1 merchant validation for a new payment.
-
-    Raises:
-        MerchantMismatch: The body names another merchant than the key's.
-        MerchantInactive: The merchant is disabled.
-        CurrencyNotSupported: The merchant does not accept the currency.
-    """
-    if merchant_id != merchant.merchant_id:
-        raise MerchantMismatch
-    if not merchant.active:
-        raise MerchantInactive
-    if currency not in merchant.currencies:
-        raise CurrencyNotSupported(
-            f"Merchant {merchant.merchant_id} does not accept {currency}; accepted: "
-            + ", ".join(sorted(merchant.currencies))
-            + "."
-        )
 
 
 async def record_refusal(
@@ -130,12 +55,12 @@ async def record_refusal(
     """Append an audit row for a refused operation (its own transaction: nothing else changed)."""
     async with ctx.uow_factory() as uow:
         uow.audit.append(
-            audit_entry(
+            AuditEntry(
                 actor=actor,
                 action=action,
                 resource_type=resource_type,
                 resource_id=resource_id,
-                outcome="denied",
+                outcome=AuditOutcome.DENIED,
                 correlation_id=correlation_id,
                 occurred_at=ctx.clock(),
                 details={"code": error.code},
@@ -144,75 +69,124 @@ async def record_refusal(
         await uow.commit()
 
 
+def write_events(
+    ctx: ServiceContext, uow: UnitOfWork, payment: Payment, *, publish_now: bool = True
+) -> list[OutboxMessage]:
+    """Stage the payment's new events in the outbox; those this process will publish
+    right after the commit (``publish_now``) are leased to it."""
+    messages = [outbox_message(event) for event in payment.pull_events()]
+    for message in messages:
+        uow.outbox.add(message, lease=ctx.publisher.reserve(message) if publish_now else None)
+    return messages
+
+
 async def process_payment(
     ctx: ServiceContext,
     *,
-    merchant: MerchantPrincipal,
-    command: ProcessPayment,
+    merchant: Merchant,
+    merchant_id: str,
+    amount: Money,
+    payment_method: PaymentMethod,
+    card: CardDetails,
+    description: str | None,
+    metadata: dict[str, Any],
     correlation_id: str | None,
-    claim: IdempotencyClaim | None = None,
-) -> dict[str, Any]:
-    """Authorize and record a payment; returns the payment view.
+    idempotency: IdempotencyKey | None = None,
+) -> Answer:
+    """Authorize and record a payment; answers the payment.
 
-    Declines are results, not errors. When the bank gives no answer the payment is
+    ``merchant`` is the API key's merchant, ``merchant_id`` the one the request names.
+    Declines are answers, not errors. When the bank gives no answer the payment is
     recorded as ``failed`` and :class:`BankUnavailable` is raised after the commit,
     carrying the transaction id.
     """
     with span(
         "payment.process",
         merchant_id=merchant.merchant_id,
-        currency=command.amount.currency,
-        card_brand=card_brand(command.card.number).value,
+        currency=amount.currency,
+        card_brand=card_brand(card.number).value,
     ) as flow:
-        return await _process_payment(
+
+        async def process(claim: Claim | None) -> Answer:
+            try:
+                with span("payment.validate_merchant"):
+                    merchant.ensure_may_charge(merchant_id=merchant_id, currency=amount.currency)
+            except PaymentServiceError as refusal:
+                await record_refusal(
+                    ctx,
+                    actor=merchant_actor(merchant.merchant_id),
+                    action="payment.process",
+                    resource_type="payment",
+                    resource_id=None,
+                    error=refusal,
+                    correlation_id=correlation_id,
+                )
+                raise
+            return await _authorize_and_record(
+                ctx,
+                transaction_id=claim.resource_id if claim else new_transaction_id(),
+                merchant=merchant,
+                amount=amount,
+                payment_method=payment_method,
+                card=card,
+                description=description,
+                metadata=metadata,
+                correlation_id=correlation_id,
+                claim=claim,
+                flow=flow,
+            )
+
+        return await run_idempotently(
             ctx,
-            merchant=merchant,
-            command=command,
-            correlation_id=correlation_id,
-            claim=claim,
-            flow=flow,
+            merchant_id=merchant.merchant_id,
+            idempotency=idempotency,
+            new_resource_id=new_transaction_id(),
+            operation="payment",
+            action=process,
         )
 
 
-async def _process_payment(
+async def _authorize_and_record(
     ctx: ServiceContext,
     *,
-    merchant: MerchantPrincipal,
-    command: ProcessPayment,
+    transaction_id: str,
+    merchant: Merchant,
+    amount: Money,
+    payment_method: PaymentMethod,
+    card: CardDetails,
+    description: str | None,
+    metadata: dict[str, Any],
     correlation_id: str | None,
-    claim: IdempotencyClaim | None,
+    claim: Claim | None,
     flow: FlowSpan,
-) -> dict[str, Any]:
-    try:
-        with span("payment.validate_merchant"):
-            check_merchant(
-                merchant, merchant_id=command.merchant_id, currency=command.amount.currency
-            )
-    except PaymentServiceError as refusal:
-        await record_refusal(
-            ctx,
-            actor=merchant_actor(merchant.merchant_id),
-            action="payment.process",
-            resource_type="payment",
-            resource_id=None,
-            error=refusal,
-            correlation_id=correlation_id,
-        )
-        raise
-
-    transaction_id = claim.resource_id if claim else new_transaction_id()
+) -> Answer:
     flow.tag(transaction_id=transaction_id)
-    card = command.card
     with span("payment.vault"):
-        fingerprint = ctx.vault.fingerprint(card.number)
-        ciphertext = ctx.vault.encrypt(card.number, associated_data=transaction_id.encode())
+        kept = Card(
+            brand=card_brand(card.number),
+            last4=last4(card.number),
+            exp_month=card.exp_month,
+            exp_year=card.exp_year,
+            fingerprint=ctx.vault.fingerprint(card.number),
+            token=ctx.vault.encrypt(card.number, associated_data=transaction_id.encode()),
+        )
     now = ctx.clock()
+    payment = Payment.start(
+        transaction_id=transaction_id,
+        merchant_id=merchant.merchant_id,
+        amount=amount,
+        payment_method=payment_method,
+        capture_method=CaptureMethod.AUTOMATIC,
+        card=kept,
+        description=description,
+        metadata=metadata,
+        correlation_id=correlation_id,
+        at=now,
+    )
     bank_error: BankUnavailable | None = None
     if is_expired(card.exp_month, card.exp_year, now.date()):
-        result = AuthorizationResult(
-            approved=False,
-            decline_code=EXPIRED_CARD,
-            decline_message=DECLINE_MESSAGES[EXPIRED_CARD],
+        payment.decline(
+            decline_code=EXPIRED_CARD, decline_message=DECLINE_MESSAGES[EXPIRED_CARD], at=now
         )
     else:
         try:
@@ -221,8 +195,8 @@ async def _process_payment(
                     AuthorizationRequest(
                         transaction_id=transaction_id,
                         merchant_id=merchant.merchant_id,
-                        amount_minor=command.amount.minor,
-                        currency=command.amount.currency,
+                        amount_minor=amount.minor,
+                        currency=amount.currency,
                         card_number=card.number,
                         cvv=card.cvv,
                         expiry_month=card.exp_month,
@@ -236,276 +210,80 @@ async def _process_payment(
                 )
         except BankUnavailable as exc:
             bank_error = exc.about(transaction_id=transaction_id)
-            result = AuthorizationResult(approved=False)
-
-    if bank_error is not None:
-        status = PaymentStatus.FAILED
-    elif result.approved:
-        status = PaymentStatus.CAPTURED
-    else:
-        status = PaymentStatus.DECLINED
-    status = transition(None, status)
-
-    now = ctx.clock()
-    txn = Transaction(
-        transaction_id=transaction_id,
-        merchant_id=merchant.merchant_id,
-        amount_minor=command.amount.minor,
-        refunded_minor=0,
-        currency=command.amount.currency,
-        status=status.value,
-        payment_method=command.payment_method,
-        card_brand=card_brand(card.number).value,
-        card_last4=last4(card.number),
-        card_exp_month=card.exp_month,
-        card_exp_year=card.exp_year,
-        card_fingerprint=fingerprint,
-        card_ciphertext=ciphertext,
-        authorization_code=result.authorization_code if result.approved else None,
-        decline_code=result.decline_code if status is PaymentStatus.DECLINED else None,
-        decline_message=result.decline_message if status is PaymentStatus.DECLINED else None,
-        failure_code=bank_error.failure_code if bank_error else None,
-        description=command.description,
-        metadata_=command.metadata,
-        correlation_id=correlation_id,
-        created_at=now,
-        updated_at=now,
-    )
-    event = payment_outcome_event(txn, event_type=event_type_for_payment(status), occurred_at=now)
-    view = payment_view(txn)
-    ctx.publisher.reserve(event)  # a new payment has no older event to wait for
+            payment.fail(failure_code=exc.failure_code, at=now)
+        else:
+            if result.approved and result.authorization_code:
+                payment.approve(authorization_code=result.authorization_code, at=now)
+            else:
+                payment.decline(
+                    decline_code=result.decline_code or "card_declined",
+                    decline_message=result.decline_message,
+                    at=now,
+                )
+    body = payment_response(payment)
     with span("payment.persist"):
         async with ctx.uow_factory() as uow:
-            uow.payments.add(txn)
-            uow.outbox.add(event)
-            uow.audit.append(
-                audit_entry(
-                    actor=merchant_actor(merchant.merchant_id),
-                    action="payment.process",
-                    resource_type="payment",
-                    resource_id=transaction_id,
-                    outcome="failure" if bank_error else "success",
-                    correlation_id=correlation_id,
-                    occurred_at=now,
-                    details={
-                        "status": status.value,
-                        "amount": command.amount.format(),
-                        "currency": command.amount.currency,
-                        "decline_code": txn.decline_code,
-                        "failure_code": txn.failure_code,
-                        "card_brand": txn.card_brand,
-                        "card_last4": txn.card_last4,
-                    },
-                )
-            )
+            uow.payments.add(payment)
+            messages = write_events(ctx, uow, payment)
+            uow.audit.append(_payment_audit(payment, outcome_failed=bank_error is not None))
             if claim is not None:
-                claim.record(uow, body=view, error=bank_error)
+                claim.record(uow, body=body, error=bank_error, stored_error=ctx.stored_error)
             await uow.commit()
-    flow.tag(status=status.value, decline_code=txn.decline_code, failure_code=txn.failure_code)
+    flow.tag(
+        status=payment.status.value,
+        decline_code=payment.decline_code,
+        failure_code=payment.failure_code,
+    )
     ctx.metrics.payment_processed(
-        status=status.value,
-        currency=txn.currency,
-        amount_minor=txn.amount_minor,
-        decline_code=txn.decline_code,
-        failure_code=txn.failure_code,
+        status=payment.status.value,
+        currency=payment.currency,
+        amount_minor=payment.amount.minor,
+        decline_code=payment.decline_code,
+        failure_code=payment.failure_code,
     )
     logger.info(
         "payment %s for merchant %s: %s",
         transaction_id,
         merchant.merchant_id,
-        status.value,
-        extra={"transaction_id": transaction_id, "status": status.value},
+        payment.status.value,
+        extra={"transaction_id": transaction_id, "status": payment.status.value},
     )
     with span("payment.publish"):
-        await ctx.publisher.publish_committed([event])
+        await ctx.publisher.publish_committed(messages)
     if bank_error is not None:
         raise bank_error
-    return view
+    return Answer(body)
 
 
-async def _load_for_refund(
-    uow: UnitOfWork, *, merchant_id: str, transaction_id: str
-) -> Transaction:
-    txn = await uow.payments.get_for_update(transaction_id, merchant_id=merchant_id)
-    if txn is None:
-        raise PaymentNotFound
-    return txn
-
-
-async def refund_payment(
-    ctx: ServiceContext,
-    *,
-    merchant: MerchantPrincipal,
-    command: RefundPayment,
-    correlation_id: str | None,
-    claim: IdempotencyClaim | None = None,
-) -> dict[str, Any]:
-    """Refund part or all of a captured payment; returns the refund view.
-
-    The payment row stays locked from the balance check to the commit, so concurrent
-    refunds on one payment (from any worker or replica) are decided one after another
-    and their sum never exceeds the capture.
-    """
-    refund_id = claim.resource_id if claim else new_refund_id()
-    with span(
-        "refund.process",
-        merchant_id=merchant.merchant_id,
-        transaction_id=command.transaction_id,
-        refund_id=refund_id,
-    ) as flow:
-        return await _refund_payment(
-            ctx,
-            merchant=merchant,
-            command=command,
-            correlation_id=correlation_id,
-            claim=claim,
-            refund_id=refund_id,
-            flow=flow,
-        )
-
-
-async def _refund_payment(
-    ctx: ServiceContext,
-    *,
-    merchant: MerchantPrincipal,
-    command: RefundPayment,
-    correlation_id: str | None,
-    claim: IdempotencyClaim | None,
-    refund_id: str,
-    flow: FlowSpan,
-) -> dict[str, Any]:
-    actor = merchant_actor(merchant.merchant_id)
-    bank_error: BankUnavailable | None = None
-    try:
-        async with ctx.uow_factory() as uow:
-            with span("refund.lock"):
-                txn = await _load_for_refund(
-                    uow, merchant_id=merchant.merchant_id, transaction_id=command.transaction_id
-                )
-                flow.tag(currency=txn.currency)
-                captured = Money(txn.amount_minor, txn.currency)
-                requested = (
-                    Money.from_major(command.amount, txn.currency)
-                    if command.amount is not None
-                    else None
-                )
-                decision = decide_refund(
-                    status=PaymentStatus(txn.status),
-                    captured=captured,
-                    refunded_minor=txn.refunded_minor,
-                    requested=requested,
-                )
-            try:
-                with span("refund.authorize") as bank_refund:
-                    bank_result = await ctx.bank.refund(
-                        RefundRequest(
-                            refund_id=refund_id,
-                            transaction_id=txn.transaction_id,
-                            authorization_code=txn.authorization_code,
-                            amount_minor=decision.amount.minor,
-                            currency=txn.currency,
-                            correlation_id=correlation_id,
-                        )
-                    )
-                    bank_refund.tag(
-                        succeeded=str(bank_result.succeeded).lower(),
-                        failure_code=bank_result.failure_code,
-                    )
-                succeeded = bank_result.succeeded
-                bank_reference = bank_result.bank_reference
-                failure_code = bank_result.failure_code
-            except BankUnavailable as exc:
-                bank_error = exc.about(transaction_id=txn.transaction_id, refund_id=refund_id)
-                succeeded, bank_reference, failure_code = False, None, exc.failure_code
-
-            with span("refund.persist"):
-                now = ctx.clock()
-                refund_status = RefundStatus.SUCCEEDED if succeeded else RefundStatus.FAILED
-                if succeeded:
-                    txn.status = decision.new_status.value
-                    txn.refunded_minor = decision.new_refunded_minor
-                    txn.updated_at = now
-                    uow.payments.update_balance(txn)
-                refund = Refund(
-                    refund_id=refund_id,
-                    transaction_id=txn.transaction_id,
-                    amount_minor=decision.amount.minor,
-                    currency=txn.currency,
-                    status=refund_status.value,
-                    reason=command.reason,
-                    metadata_=command.metadata,
-                    bank_reference=bank_reference,
-                    failure_code=failure_code,
-                    correlation_id=correlation_id,
-                    created_at=now,
-                )
-                event = refund_event(
-                    refund, txn, event_type=event_type_for_refund(refund_status), occurred_at=now
-                )
-                view = refund_view(refund, txn)
-                # Publish it now only if it cannot overtake an older event of the payment
-                # (the row lock keeps newer ones from being written meanwhile).
-                if not await uow.outbox.has_unpublished(txn.transaction_id):
-                    ctx.publisher.reserve(event)
-                uow.refunds.add(refund)
-                uow.outbox.add(event)
-                uow.audit.append(
-                    audit_entry(
-                        actor=actor,
-                        action="refund.create",
-                        resource_type="refund",
-                        resource_id=refund_id,
-                        outcome="success" if succeeded else "failure",
-                        correlation_id=correlation_id,
-                        occurred_at=now,
-                        details={
-                            "transaction_id": txn.transaction_id,
-                            "amount": decision.amount.format(),
-                            "currency": txn.currency,
-                            "payment_status": txn.status,
-                            "failure_code": failure_code,
-                        },
-                    )
-                )
-                if claim is not None:
-                    claim.record(uow, body=view, error=bank_error)
-                await uow.commit()
-    except PaymentServiceError as refusal:
-        if refusal is bank_error:
-            raise
-        await record_refusal(
-            ctx,
-            actor=actor,
-            action="refund.create",
-            resource_type="payment",
-            resource_id=command.transaction_id,
-            error=refusal,
-            correlation_id=correlation_id,
-        )
-        raise
-    flow.tag(status=refund_status.value, failure_code=failure_code)
-    ctx.metrics.refund_processed(
-        status=refund_status.value,
-        currency=refund.currency,
-        amount_minor=refund.amount_minor,
-        failure_code=failure_code,
+def _payment_audit(payment: Payment, *, outcome_failed: bool) -> AuditEntry:
+    return AuditEntry(
+        actor=merchant_actor(payment.merchant_id),
+        action="payment.process",
+        resource_type="payment",
+        resource_id=payment.transaction_id,
+        outcome=AuditOutcome.FAILURE if outcome_failed else AuditOutcome.SUCCESS,
+        correlation_id=payment.correlation_id,
+        occurred_at=payment.updated_at,
+        details={
+            "status": payment.status.value,
+            "amount": payment.amount.format(),
+            "currency": payment.currency,
+            "decline_code": payment.decline_code,
+            "failure_code": payment.failure_code,
+            "card_brand": payment.card.brand.value,
+            "card_last4": payment.card.last4,
+        },
     )
-    with span("refund.publish"):
-        await ctx.publisher.publish_committed([event])
-    if bank_error is not None:
-        raise bank_error
-    return view
 
 
 async def get_payment(
-    ctx: ServiceContext, *, merchant: MerchantPrincipal, transaction_id: str
+    ctx: ServiceContext, *, merchant: Merchant, transaction_id: str
 ) -> dict[str, Any]:
     """The merchant's payment with its refunds; another merchant's is not found."""
-    async with ctx.uow_factory() as uow:
-        await uow.without_transaction()  # one statement: its own snapshot
-        txn = await uow.payments.get(
-            transaction_id, merchant_id=merchant.merchant_id, with_refunds=True
-        )
-        if txn is None:
-            raise PaymentNotFound
-        return payment_view(txn, refunds=list(txn.refunds))
+    merchant.ensure_active()
+    if not is_transaction_id(transaction_id):
+        raise PaymentNotFound  # a malformed id is just an unknown one, answered without a query
+    payment = await ctx.queries.payment(transaction_id, merchant_id=merchant.merchant_id)
+    if payment is None:
+        raise PaymentNotFound
+    return payment_response(payment, with_refunds=True)

@@ -1,4 +1,4 @@
-"""``payments-admin``: merchants and API keys from the command line (SPEC §1)."""
+"""``payments-admin``: merchants and API keys from the command line (docs/api.md)."""
 
 from __future__ import annotations
 

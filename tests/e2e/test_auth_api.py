@@ -1,4 +1,4 @@
-"""API-key authentication and merchant validation through the real app (SPEC §1, §7)."""
+"""API-key authentication and merchant validation through the real app (docs/api.md)."""
 
 from __future__ import annotations
 
@@ -17,29 +17,9 @@ from app.core.config import Settings
 from app.services import merchants
 from app.services.context import ServiceContext
 from tests.conftest import TABLES, MerchantCredentials, payment_body
+from tests.e2e.api_calls import PROCESS, assert_problem, pay, payment_url, refund, refund_url
 
-PROCESS = "/api/v1/payments/process"
 INVALIDATION_DEADLINE_S = 2.0
-
-
-def payment_url(transaction_id: str) -> str:
-    return f"/api/v1/payments/{transaction_id}"
-
-
-async def pay(
-    client: httpx.AsyncClient, merchant: MerchantCredentials, **overrides: Any
-) -> httpx.Response:
-    merchant_id = overrides.pop("merchant_id", merchant.merchant_id)
-    body = payment_body(merchant_id, **overrides)
-    return await client.post(PROCESS, json=body, headers=merchant.headers)
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code
-    return body
 
 
 def assert_unauthorized(response: httpx.Response) -> None:
@@ -93,9 +73,7 @@ async def test_missing_malformed_or_unknown_keys_are_unauthorized(
         await client.post(PROCESS, json=payment_body(merchant.merchant_id), headers=headers),
         await client.get(payment_url("txn_00000000000000000000000000000abc"), headers=headers),
         await client.post(
-            payment_url("txn_00000000000000000000000000000abc") + "/refund",
-            json={},
-            headers=headers,
+            refund_url("txn_00000000000000000000000000000abc"), json={}, headers=headers
         ),
     ]
 
@@ -112,11 +90,7 @@ async def test_authentication_comes_before_validation(client: httpx.AsyncClient)
 async def test_the_bearer_scheme_is_case_insensitive(
     client: httpx.AsyncClient, merchant: MerchantCredentials
 ) -> None:
-    response = await client.post(
-        PROCESS,
-        json=payment_body(merchant.merchant_id),
-        headers={"Authorization": f"bearer {merchant.api_key}"},
-    )
+    response = await pay(client, merchant, headers={"Authorization": f"bearer {merchant.api_key}"})
 
     assert response.status_code == 200, response.text
 
@@ -165,8 +139,8 @@ async def test_a_disabled_merchant_is_refused_at_once(
     assert_problem(payment, 403, "merchant_inactive")
     read = await client.get(payment_url(txn), headers=merchant.headers)
     assert_problem(read, 403, "merchant_inactive")
-    refund = await client.post(payment_url(txn) + "/refund", json={}, headers=merchant.headers)
-    assert_problem(refund, 403, "merchant_inactive")
+    refunded = await refund(client, merchant, txn)
+    assert_problem(refunded, 403, "merchant_inactive")
 
 
 async def test_a_revoked_key_is_refused_at_once(

@@ -1,4 +1,4 @@
-"""The card number and CVV are never logged, stored in clear, or returned (SPEC §5, §3, §7).
+"""The card number and CVV are never logged, stored in clear, or returned (docs/api.md).
 
 One scenario (a capture, a partial refund, a decline and a Luhn-invalid request) runs
 with every log line captured at DEBUG; then every log line, response and database row

@@ -1,4 +1,4 @@
-"""Every error is problem+json with a stable code (SPEC §3), through the real app."""
+"""Every error is problem+json with a stable code (docs/api.md, "Errors"), through the real app."""
 
 from __future__ import annotations
 
@@ -16,22 +16,21 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.adapters.bank.base import AuthorizationRequest, AuthorizationResult, BankGateway
 from app.api.routes import payments as payment_routes
 from app.core.config import Settings
 from app.core.logging import build_handler
 from app.domain.errors import ERROR_CODES
 from app.services import merchants
-from app.services import payments as payment_services
+from app.services import refunds as refund_services
 from app.services.context import ServiceContext
-from app.services.idempotency import IdempotencyClaim
+from app.services.idempotency import Claim
+from app.services.ports import AuthorizationRequest, AuthorizationResult, BankGateway
 from tests.conftest import MerchantCredentials, payment_body
+from tests.e2e.api_calls import PROCESS, assert_problem, pay, payment_url, refund, refund_url
 
-PROCESS = "/api/v1/payments/process"
 MAX_BODY = 64 * 1024
-PROBLEM_MEMBERS = {"type", "title", "status", "detail", "code", "correlation_id"}
 
-# SPEC §1-§4: the status each code is answered with.
+# docs/api.md, "Errors": the status each code is answered with.
 STATUS_BY_CODE = {
     "malformed_json": 400,
     "unauthorized": 401,
@@ -52,37 +51,6 @@ STATUS_BY_CODE = {
 }
 # Codes of the admin CLI and of state-machine guards no API request can reach.
 NOT_FROM_THE_API = {"merchant_not_found", "api_key_not_found", "invalid_transition"}
-
-
-def payment_url(transaction_id: str) -> str:
-    return f"/api/v1/payments/{transaction_id}"
-
-
-def refund_url(transaction_id: str) -> str:
-    return f"/api/v1/payments/{transaction_id}/refund"
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """The response is a complete RFC 9457 problem with this status and code."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert set(body) >= PROBLEM_MEMBERS, body
-    assert body["code"] == code
-    assert body["status"] == status
-    assert isinstance(body["type"], str)
-    assert body["title"]
-    assert body["detail"]
-    assert body["correlation_id"] == response.headers["X-Correlation-ID"]
-    return body
-
-
-async def pay(
-    client: httpx.AsyncClient, merchant: MerchantCredentials, **overrides: Any
-) -> httpx.Response:
-    merchant_id = overrides.pop("merchant_id", merchant.merchant_id)
-    body = payment_body(merchant_id, **overrides)
-    return await client.post(PROCESS, json=body, headers=merchant.headers)
 
 
 async def count(engine: AsyncEngine, sql: str) -> int:
@@ -123,11 +91,6 @@ class Scene:
         transaction_id: str = response.json()["transaction_id"]
         return transaction_id
 
-    async def refund(self, transaction_id: str, **body: Any) -> httpx.Response:
-        return await self.client.post(
-            refund_url(transaction_id), json=body, headers=self.merchant.headers
-        )
-
 
 async def produce(code: str, s: Scene) -> httpx.Response:
     """Make the API answer with ``code``, the way a client would run into it."""
@@ -155,18 +118,16 @@ async def produce(code: str, s: Scene) -> httpx.Response:
             return await client.put(PROCESS, json={}, headers=merchant.headers)
         case "payment_not_refundable":
             declined = await pay(client, merchant, card_number="4000000000000002")
-            return await s.refund(declined.json()["transaction_id"])
+            return await refund(client, merchant, declined.json()["transaction_id"])
         case "refund_exceeds_balance":
-            return await s.refund(await s.captured("10.00"), amount="10.01")
+            return await refund(client, merchant, await s.captured("10.00"), "10.01")
         case "idempotency_in_progress":
             runtime = client.app.state.runtime  # type: ignore[attr-defined]
             bank = GatedBank(runtime.services.bank)
             runtime.services = dataclasses.replace(runtime.services, bank=bank)
-            headers = {**merchant.headers, "Idempotency-Key": "in-progress"}
-            body = payment_body(merchant.merchant_id)
-            first = asyncio.create_task(client.post(PROCESS, json=body, headers=headers))
+            first = asyncio.create_task(pay(client, merchant, key="in-progress"))
             await asyncio.wait_for(bank.entered.wait(), timeout=5)
-            response = await client.post(PROCESS, json=body, headers=headers)
+            response = await pay(client, merchant, key="in-progress")
             bank.gate.set()
             await first
             return response
@@ -181,13 +142,8 @@ async def produce(code: str, s: Scene) -> httpx.Response:
         case "currency_not_supported":
             return await pay(client, merchant, currency="GBP")
         case "idempotency_key_reused":
-            headers = {**merchant.headers, "Idempotency-Key": "reused"}
-            await client.post(
-                PROCESS, json=payment_body(merchant.merchant_id, amount="1.00"), headers=headers
-            )
-            return await client.post(
-                PROCESS, json=payment_body(merchant.merchant_id, amount="2.00"), headers=headers
-            )
+            await pay(client, merchant, key="reused", amount="1.00")
+            return await pay(client, merchant, key="reused", amount="2.00")
         case "internal_error":
 
             async def broken(*args: Any, **kwargs: Any) -> Any:
@@ -248,9 +204,7 @@ async def test_malformed_json_is_a_400(
 async def test_a_body_over_64_kib_is_refused(
     client: httpx.AsyncClient, merchant: MerchantCredentials, engine: AsyncEngine
 ) -> None:
-    oversized = payment_body(merchant.merchant_id, description="x" * (MAX_BODY + 1))
-
-    response = await client.post(PROCESS, json=oversized, headers=merchant.headers)
+    response = await pay(client, merchant, description="x" * (MAX_BODY + 1))
 
     body = assert_problem(response, 413, "payload_too_large")
     assert "x" * 100 not in response.text
@@ -348,9 +302,9 @@ async def test_an_unexpected_failure_is_a_500_that_keeps_nothing(
     caplog: pytest.LogCaptureFixture,
     json_log: io.StringIO,
 ) -> None:
-    record = IdempotencyClaim.record
+    record = Claim.record
 
-    def record_then_fail(self: IdempotencyClaim, uow: Any, **kwargs: Any) -> None:
+    def record_then_fail(self: Claim, uow: Any, **kwargs: Any) -> None:
         record(self, uow, **kwargs)
 
         async def flush_then_fail() -> None:
@@ -359,17 +313,11 @@ async def test_an_unexpected_failure_is_a_500_that_keeps_nothing(
 
         uow.commit = flush_then_fail  # this unit of work only
 
-    monkeypatch.setattr(IdempotencyClaim, "record", record_then_fail)
+    monkeypatch.setattr(Claim, "record", record_then_fail)
     correlation_id = f"defect-{uuid.uuid4().hex[:8]}"
 
-    response = await client.post(
-        PROCESS,
-        json=payment_body(merchant.merchant_id),
-        headers={
-            **merchant.headers,
-            "Idempotency-Key": "defect-1",
-            "X-Correlation-ID": correlation_id,
-        },
+    response = await pay(
+        client, merchant, key="defect-1", headers={"X-Correlation-ID": correlation_id}
     )
 
     problem = assert_problem(response, 500, "internal_error")
@@ -401,11 +349,9 @@ async def test_an_unexpected_failure_during_a_refund_changes_no_balance(
     def broken_event(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(LEAKY_MESSAGE)
 
-    monkeypatch.setattr(payment_services, "refund_event", broken_event)
+    monkeypatch.setattr(refund_services, "refund_response", broken_event)
 
-    response = await client.post(
-        refund_url(txn), json={"amount": "20.00"}, headers=merchant.headers
-    )
+    response = await refund(client, merchant, txn, "20.00")
 
     assert_problem(response, 500, "internal_error")
     assert_nothing_internal(response)

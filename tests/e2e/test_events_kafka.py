@@ -1,4 +1,4 @@
-"""Events on the real Kafka topic, through the real app: SPEC §6 end to end.
+"""Events on the real Kafka topic, through the real app: docs/events.md end to end.
 
 The outage tests stop and restart the local stack's broker (``scripts/stack.sh down|up
 kafka``) and always restart it, whatever happens. Only the events of this test's own
@@ -22,15 +22,13 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.adapters.db.unit_of_work import UnitOfWork
+from app.adapters.db.unit_of_work import SqlUnitOfWork
 from app.core.config import Settings
 from app.main import create_app
 from app.services.context import ServiceContext
-from app.services.payments import process_payment
 from tests.conftest import MerchantCredentials, make_settings, payment_body
 from tests.integration.test_outbox_relay import (
     KAFKA,
-    PRINCIPAL,
     Record,
     assert_valid_event,
     eventually,
@@ -38,10 +36,10 @@ from tests.integration.test_outbox_relay import (
     pending_count,
     tail_topic,
 )
-from tests.integration.test_outbox_relay import payment as payment_command
+from tests.service_calls import pay as pay_directly
 
 REPO = Path(__file__).resolve().parents[2]
-UowFactory = Callable[[], UnitOfWork]
+UowFactory = Callable[[], SqlUnitOfWork]
 
 PAY = "/api/v1/payments/process"
 MASTERCARD = "5555 5555 5555 4444"
@@ -327,9 +325,7 @@ async def test_events_committed_before_shutdown_are_on_the_topic_after_it(
             await asyncio.sleep(0.3)  # past the relay's first poll: it now sleeps a minute
             # Committed by another process that died before publishing.
             for _ in range(5):
-                await process_payment(
-                    ctx, merchant=PRINCIPAL, command=payment_command(), correlation_id=None
-                )
+                await pay_directly(ctx, correlation_id=None)
             assert await pending_count(uow_factory) == 5
         assert await pending_count(uow_factory) == 0
         event_ids = [str(row.event_id) for row in await outbox_rows(uow_factory)]

@@ -1,4 +1,4 @@
-"""Idempotency-Key on both POST endpoints, through the real app (SPEC §4)."""
+"""Idempotency-Key on both POST endpoints, through the real app (docs/api.md, "Idempotency")."""
 
 from __future__ import annotations
 
@@ -12,53 +12,14 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.adapters.bank.base import AuthorizationRequest, AuthorizationResult, BankGateway
+from app.services.ports import AuthorizationRequest, AuthorizationResult, BankGateway
 from tests.conftest import MerchantCredentials, payment_body
-
-PROCESS = "/api/v1/payments/process"
-
-
-def refund_url(transaction_id: str) -> str:
-    return f"/api/v1/payments/{transaction_id}/refund"
-
-
-async def pay(
-    client: httpx.AsyncClient,
-    merchant: MerchantCredentials,
-    key: str | None,
-    **overrides: Any,
-) -> httpx.Response:
-    headers = {**merchant.headers, **({"Idempotency-Key": key} if key is not None else {})}
-    return await client.post(
-        PROCESS, json=payment_body(merchant.merchant_id, **overrides), headers=headers
-    )
-
-
-async def refund(
-    client: httpx.AsyncClient,
-    merchant: MerchantCredentials,
-    transaction_id: str,
-    key: str,
-    amount: str = "10.00",
-) -> httpx.Response:
-    return await client.post(
-        refund_url(transaction_id),
-        json={"amount": amount},
-        headers={**merchant.headers, "Idempotency-Key": key},
-    )
+from tests.e2e.api_calls import PROCESS, assert_problem, pay, payment_url, refund
 
 
 async def count(engine: AsyncEngine, table: str) -> int:
     async with engine.connect() as conn:
         return int(await conn.scalar(text(f"SELECT count(*) FROM {table}")) or 0)
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code
-    return body
 
 
 class SlowBank:
@@ -106,8 +67,8 @@ def use_bank[B](client: httpx.AsyncClient, wrap: Callable[[BankGateway], B]) -> 
 async def test_same_key_and_body_replays_the_first_response(
     client: httpx.AsyncClient, merchant: MerchantCredentials, engine: AsyncEngine
 ) -> None:
-    first = await pay(client, merchant, "order-1234")
-    again = await pay(client, merchant, "order-1234")
+    first = await pay(client, merchant, key="order-1234")
+    again = await pay(client, merchant, key="order-1234")
 
     assert first.status_code == 200, first.text
     assert "Idempotent-Replayed" not in first.headers
@@ -120,8 +81,8 @@ async def test_same_key_and_body_replays_the_first_response(
 async def test_a_replayed_decline_is_the_same_decline(
     client: httpx.AsyncClient, merchant: MerchantCredentials, engine: AsyncEngine
 ) -> None:
-    first = await pay(client, merchant, "decline-1", card_number="4000000000009995")
-    again = await pay(client, merchant, "decline-1", card_number="4000000000009995")
+    first = await pay(client, merchant, key="decline-1", card_number="4000000000009995")
+    again = await pay(client, merchant, key="decline-1", card_number="4000000000009995")
 
     assert first.json()["decline_code"] == "insufficient_funds"
     assert again.json() == first.json()
@@ -146,9 +107,9 @@ async def test_key_order_of_the_json_body_does_not_matter(
 async def test_same_key_with_a_different_body_is_refused(
     client: httpx.AsyncClient, merchant: MerchantCredentials, engine: AsyncEngine
 ) -> None:
-    await pay(client, merchant, "order-1", amount="10.00")
+    await pay(client, merchant, key="order-1", amount="10.00")
 
-    response = await pay(client, merchant, "order-1", amount="20.00")
+    response = await pay(client, merchant, key="order-1", amount="20.00")
 
     assert_problem(response, 422, "idempotency_key_reused")
     assert await count(engine, "transactions") == 1
@@ -157,9 +118,9 @@ async def test_same_key_with_a_different_body_is_refused(
 async def test_a_payment_key_cannot_be_reused_for_a_refund(
     client: httpx.AsyncClient, merchant: MerchantCredentials, engine: AsyncEngine
 ) -> None:
-    txn = (await pay(client, merchant, "shared-key")).json()["transaction_id"]
+    txn = (await pay(client, merchant, key="shared-key")).json()["transaction_id"]
 
-    response = await refund(client, merchant, txn, "shared-key")
+    response = await refund(client, merchant, txn, "10.00", key="shared-key")
 
     assert_problem(response, 422, "idempotency_key_reused")
     assert await count(engine, "refunds") == 0
@@ -170,7 +131,7 @@ async def test_concurrent_requests_with_one_key_make_exactly_one_payment(
 ) -> None:
     bank = use_bank(client, lambda real: SlowBank(real, delay_s=0.3))
 
-    responses = await asyncio.gather(*(pay(client, merchant, "burst") for _ in range(10)))
+    responses = await asyncio.gather(*(pay(client, merchant, key="burst") for _ in range(10)))
 
     ok = [r for r in responses if r.status_code == 200]
     assert ok, [r.text for r in responses]
@@ -179,7 +140,7 @@ async def test_concurrent_requests_with_one_key_make_exactly_one_payment(
         assert_problem(other, 409, "idempotency_in_progress")
     assert bank.authorizations == 1
     assert await count(engine, "transactions") == 1
-    settled = await pay(client, merchant, "burst")
+    settled = await pay(client, merchant, key="burst")
     assert settled.status_code == 200
     assert settled.json()["transaction_id"] == ok[0].json()["transaction_id"]
     assert settled.headers["Idempotent-Replayed"] == "true"
@@ -189,10 +150,10 @@ async def test_a_retry_while_the_first_request_runs_is_told_it_is_in_progress(
     client: httpx.AsyncClient, merchant: MerchantCredentials, engine: AsyncEngine
 ) -> None:
     bank = use_bank(client, GatedBank)
-    first = asyncio.create_task(pay(client, merchant, "slow-one"))
+    first = asyncio.create_task(pay(client, merchant, key="slow-one"))
     await asyncio.wait_for(bank.entered.wait(), timeout=5)
 
-    retry = await pay(client, merchant, "slow-one")
+    retry = await pay(client, merchant, key="slow-one")
     bank.gate.set()
     original = await first
 
@@ -210,8 +171,8 @@ async def test_keys_are_scoped_to_the_merchant(
 ) -> None:
     other: MerchantCredentials = await create_merchant()
 
-    mine = await pay(client, merchant, "same-key")
-    theirs = await pay(client, other, "same-key")
+    mine = await pay(client, merchant, key="same-key")
+    theirs = await pay(client, other, key="same-key")
 
     assert mine.status_code == theirs.status_code == 200
     assert "Idempotent-Replayed" not in theirs.headers
@@ -227,7 +188,7 @@ async def test_requests_failing_validation_are_not_remembered(
     headers = {**merchant.headers, "Idempotency-Key": "fix-and-retry"}
 
     rejected = await client.post(PROCESS, json=bad, headers=headers)
-    corrected = await pay(client, merchant, "fix-and-retry")
+    corrected = await pay(client, merchant, key="fix-and-retry")
 
     assert rejected.status_code == 422
     assert corrected.status_code == 200, corrected.text
@@ -240,8 +201,8 @@ async def test_requests_for_an_unaccepted_currency_are_not_remembered(
 ) -> None:
     usd_only: MerchantCredentials = await create_merchant(currencies=("USD",))
 
-    rejected = await pay(client, usd_only, "currency-retry", currency="EUR")
-    corrected = await pay(client, usd_only, "currency-retry", currency="USD")
+    rejected = await pay(client, usd_only, key="currency-retry", currency="EUR")
+    corrected = await pay(client, usd_only, key="currency-retry", currency="USD")
 
     assert_problem(rejected, 422, "currency_not_supported")
     assert corrected.status_code == 200, corrected.text
@@ -250,14 +211,10 @@ async def test_requests_for_an_unaccepted_currency_are_not_remembered(
 async def test_requests_failing_authentication_are_not_remembered(
     client: httpx.AsyncClient, merchant: MerchantCredentials, engine: AsyncEngine
 ) -> None:
-    body = payment_body(merchant.merchant_id)
+    wrong_key = MerchantCredentials(merchant.merchant_id, "sk_wrong_key_000000000000")
 
-    refused = await client.post(
-        PROCESS,
-        json=body,
-        headers={"Authorization": "Bearer sk_wrong_key_000000000000", "Idempotency-Key": "k1"},
-    )
-    accepted = await pay(client, merchant, "k1")
+    refused = await pay(client, wrong_key, key="k1")
+    accepted = await pay(client, merchant, key="k1")
 
     assert refused.status_code == 401
     assert accepted.status_code == 200, accepted.text
@@ -268,27 +225,27 @@ async def test_requests_failing_authentication_are_not_remembered(
 async def test_refund_with_the_same_key_refunds_once(
     client: httpx.AsyncClient, merchant: MerchantCredentials, engine: AsyncEngine
 ) -> None:
-    txn = (await pay(client, merchant, None, amount="100.00")).json()["transaction_id"]
+    txn = (await pay(client, merchant, amount="100.00")).json()["transaction_id"]
 
-    first = await refund(client, merchant, txn, "refund-1")
-    again = await refund(client, merchant, txn, "refund-1")
+    first = await refund(client, merchant, txn, "10.00", key="refund-1")
+    again = await refund(client, merchant, txn, "10.00", key="refund-1")
 
     assert first.status_code == again.status_code == 200
     assert again.json() == first.json()
     assert again.headers["Idempotent-Replayed"] == "true"
     assert first.json()["refunded_amount"] == "10.00"
     assert await count(engine, "refunds") == 1
-    payment = await client.get(f"/api/v1/payments/{txn}", headers=merchant.headers)
+    payment = await client.get(payment_url(txn), headers=merchant.headers)
     assert payment.json()["refunded_amount"] == "10.00"
 
 
 async def test_a_refused_refund_is_not_remembered(
     client: httpx.AsyncClient, merchant: MerchantCredentials
 ) -> None:
-    txn = (await pay(client, merchant, None, amount="100.00")).json()["transaction_id"]
+    txn = (await pay(client, merchant, amount="100.00")).json()["transaction_id"]
 
-    too_much = await refund(client, merchant, txn, "refund-retry", amount="150.00")
-    fixed = await refund(client, merchant, txn, "refund-retry", amount="150.00")
+    too_much = await refund(client, merchant, txn, "150.00", key="refund-retry")
+    fixed = await refund(client, merchant, txn, "150.00", key="refund-retry")
 
     # The balance did not change, so the same request is decided afresh (and refused again).
     assert_problem(too_much, 409, "refund_exceeds_balance")
@@ -299,12 +256,15 @@ async def test_a_refused_refund_is_not_remembered(
 async def test_bank_unavailable_is_replayed_with_the_same_failed_payment(
     client: httpx.AsyncClient, merchant: MerchantCredentials, engine: AsyncEngine
 ) -> None:
-    first = await pay(client, merchant, "bank-down", card_number="4000000000000119")
-    again = await pay(client, merchant, "bank-down", card_number="4000000000000119")
+    first = await pay(client, merchant, key="bank-down", card_number="4000000000000119")
+    again = await pay(client, merchant, key="bank-down", card_number="4000000000000119")
 
     first_problem = assert_problem(first, 503, "bank_unavailable")
-    again_problem = assert_problem(again, 503, "bank_unavailable")
-    assert again_problem["transaction_id"] == first_problem["transaction_id"]
+    # The replay is the stored answer, the same problem to the letter: its correlation_id
+    # is the first request's, not the retry's X-Correlation-ID (docs/api.md, idempotency).
+    assert again.status_code == 503, again.text
+    assert again.headers["content-type"].startswith("application/problem+json")
+    assert again.json() == first_problem
     assert again.headers["Idempotent-Replayed"] == "true"
     assert int(again.headers["Retry-After"]) > 0
     assert await count(engine, "transactions") == 1
@@ -318,11 +278,7 @@ async def test_bank_unavailable_is_replayed_with_the_same_failed_payment(
 async def test_invalid_idempotency_keys_are_rejected(
     client: httpx.AsyncClient, merchant: MerchantCredentials, engine: AsyncEngine, key: str | bytes
 ) -> None:
-    response = await client.post(
-        PROCESS,
-        json=payment_body(merchant.merchant_id),
-        headers={**merchant.headers, "Idempotency-Key": key},
-    )
+    response = await pay(client, merchant, headers={"Idempotency-Key": key})
 
     assert_problem(response, 422, "validation_error")
     assert await count(engine, "transactions") == 0
@@ -333,8 +289,8 @@ async def test_the_longest_allowed_idempotency_key_works(
 ) -> None:
     key = "~!" + "k" * 252 + "}"
 
-    first = await pay(client, merchant, key)
-    again = await pay(client, merchant, key)
+    first = await pay(client, merchant, key=key)
+    again = await pay(client, merchant, key=key)
 
     assert first.status_code == 200, first.text
     assert again.headers["Idempotent-Replayed"] == "true"

@@ -1,4 +1,4 @@
-"""/openapi.json is the contract (SPEC §2 "OpenAPI"), and the app keeps it under fuzzing."""
+"""/openapi.json is the contract (docs/openapi.json), and the app keeps it under fuzzing."""
 
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ async def test_schemas_carry_realistic_examples(client: httpx.AsyncClient) -> No
     assert problem["status"] == 409
     payment_request = schemas["PaymentRequest"]["examples"][0]
     assert payment_request["card_data"]["card_number"] == "4242 4242 4242 4242"
-    assert schemas["RefundRequestBody"]["examples"]
+    assert schemas["RefundRequest"]["examples"]
     for response_schema in ("PaymentResponse", "PaymentDetailResponse", "RefundResponse"):
         example = schemas[response_schema]["examples"][0]
         assert example["currency"] == "USD"

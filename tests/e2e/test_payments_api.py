@@ -1,4 +1,4 @@
-"""POST /api/v1/payments/process and GET /api/v1/payments/{id} through the real app (SPEC §2).
+"""POST /api/v1/payments/process and GET /api/v1/payments/{id} through the real app (docs/api.md).
 
 The bank is the in-process simulator, which answers from the test-card table.
 """
@@ -15,52 +15,20 @@ import httpx
 import pytest
 import simplejson
 
-from app.adapters.bank.base import AuthorizationRequest, AuthorizationResult, BankGateway
 from app.domain.cards import TEST_CARDS, BankBehaviour, TestCard
+from app.services.ports import AuthorizationRequest, AuthorizationResult, BankGateway
 from tests.conftest import MerchantCredentials, payment_body
+from tests.e2e.api_calls import PROCESS, assert_problem, pay, payment_url, post_exact
 
-PROCESS = "/api/v1/payments/process"
 BRAND_BY_FIRST_DIGIT = {"4": "visa", "5": "mastercard", "3": "amex"}
-
-
-def payment_url(transaction_id: str) -> str:
-    return f"/api/v1/payments/{transaction_id}"
-
-
-async def post_exact(
-    client: httpx.AsyncClient, url: str, body: Any, headers: dict[str, str]
-) -> httpx.Response:
-    """POST JSON written exactly: a Decimal goes out as a JSON number with its own digits."""
-    return await client.post(
-        url,
-        content=simplejson.dumps(body, use_decimal=True),
-        headers={**headers, "Content-Type": "application/json"},
-    )
-
-
-async def pay(
-    client: httpx.AsyncClient, merchant: MerchantCredentials, **overrides: Any
-) -> httpx.Response:
-    return await post_exact(
-        client, PROCESS, payment_body(merchant.merchant_id, **overrides), merchant.headers
-    )
 
 
 async def pay_with_card(
     client: httpx.AsyncClient, merchant: MerchantCredentials, **card_changes: Any
 ) -> httpx.Response:
-    body = payment_body(merchant.merchant_id)
-    body["card_data"] = {**body["card_data"], **card_changes}
-    return await post_exact(client, PROCESS, body, merchant.headers)
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code
-    assert body["status"] == status
-    return body
+    """Pay with the valid card of ``payment_body``, these card fields changed or added."""
+    card_data = {**payment_body()["card_data"], **card_changes}
+    return await pay(client, merchant, exact=True, card_data=card_data)
 
 
 def assert_invalid_field(response: httpx.Response, field: str) -> dict[str, Any]:
@@ -118,7 +86,7 @@ def card_id(card: TestCard) -> str:
 async def test_approved_test_cards_are_captured(
     client: httpx.AsyncClient, merchant: MerchantCredentials, card: TestCard
 ) -> None:
-    response = await pay(client, merchant, card_number=card.number, amount="99.99")
+    response = await pay(client, merchant, exact=True, card_number=card.number, amount="99.99")
 
     assert response.status_code == 200, response.text
     payment = response.json()
@@ -148,7 +116,7 @@ async def test_approved_test_cards_are_captured(
 async def test_declined_test_cards_answer_200_declined_with_their_code(
     client: httpx.AsyncClient, merchant: MerchantCredentials, card: TestCard
 ) -> None:
-    response = await pay(client, merchant, card_number=card.number)
+    response = await pay(client, merchant, exact=True, card_number=card.number)
 
     assert response.status_code == 200, response.text
     payment = response.json()
@@ -173,7 +141,7 @@ async def test_declined_test_cards_answer_200_declined_with_their_code(
 async def test_bank_failures_answer_503_and_record_a_failed_payment(
     client: httpx.AsyncClient, merchant: MerchantCredentials, card: TestCard
 ) -> None:
-    response = await pay(client, merchant, card_number=card.number)
+    response = await pay(client, merchant, exact=True, card_number=card.number)
 
     problem = assert_problem(response, 503, "bank_unavailable")
     assert int(response.headers["Retry-After"]) > 0
@@ -189,7 +157,7 @@ async def test_bank_failures_answer_503_and_record_a_failed_payment(
 async def test_any_other_luhn_valid_number_is_captured_with_its_brand(
     client: httpx.AsyncClient, merchant: MerchantCredentials
 ) -> None:
-    response = await pay(client, merchant, card_number="6011-1111-1111-1117")
+    response = await pay(client, merchant, exact=True, card_number="6011-1111-1111-1117")
 
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "captured"
@@ -227,7 +195,7 @@ async def test_card_expiring_this_month_is_still_accepted(
 async def test_debit_cards_are_accepted(
     client: httpx.AsyncClient, merchant: MerchantCredentials
 ) -> None:
-    response = await pay(client, merchant, payment_method="debit_card")
+    response = await pay(client, merchant, exact=True, payment_method="debit_card")
 
     assert response.status_code == 200, response.text
     assert response.json()["payment_method"] == "debit_card"
@@ -254,7 +222,7 @@ async def test_amounts_are_shown_with_exactly_the_currency_decimals(
     currency: str,
     shown: str,
 ) -> None:
-    response = await pay(client, merchant, amount=amount, currency=currency)
+    response = await pay(client, merchant, exact=True, amount=amount, currency=currency)
 
     assert response.status_code == 200, response.text
     assert response.json()["amount"] == shown
@@ -282,7 +250,7 @@ async def test_amounts_are_shown_with_exactly_the_currency_decimals(
 async def test_amounts_breaking_the_rules_are_rejected_naming_the_amount(
     client: httpx.AsyncClient, merchant: MerchantCredentials, amount: str, currency: str
 ) -> None:
-    response = await pay(client, merchant, amount=amount, currency=currency)
+    response = await pay(client, merchant, exact=True, amount=amount, currency=currency)
 
     assert_invalid_field(response, "amount")
 
@@ -291,7 +259,7 @@ async def test_amounts_breaking_the_rules_are_rejected_naming_the_amount(
 async def test_amount_must_be_a_number_or_a_decimal_string(
     client: httpx.AsyncClient, merchant: MerchantCredentials, amount: Any
 ) -> None:
-    response = await pay(client, merchant, amount=amount)
+    response = await pay(client, merchant, exact=True, amount=amount)
 
     assert_invalid_field(response, "amount")
 
@@ -335,7 +303,7 @@ async def test_json_numbers_and_decimal_strings_are_both_exact(
 async def test_currency_is_accepted_in_any_case_and_answered_upper_case(
     client: httpx.AsyncClient, merchant: MerchantCredentials, sent: str, shown: str
 ) -> None:
-    response = await pay(client, merchant, amount="100", currency=sent)
+    response = await pay(client, merchant, exact=True, amount="100", currency=sent)
 
     assert response.status_code == 200, response.text
     assert response.json()["currency"] == shown
@@ -345,7 +313,7 @@ async def test_currency_is_accepted_in_any_case_and_answered_upper_case(
 async def test_unknown_currency_is_a_validation_error(
     client: httpx.AsyncClient, merchant: MerchantCredentials, currency: str
 ) -> None:
-    response = await pay(client, merchant, currency=currency)
+    response = await pay(client, merchant, exact=True, currency=currency)
 
     assert_invalid_field(response, "currency")
 
@@ -355,7 +323,7 @@ async def test_known_currency_the_merchant_does_not_accept_is_not_supported(
 ) -> None:
     usd_only: MerchantCredentials = await create_merchant(currencies=("USD",))
 
-    response = await pay(client, usd_only, currency="GBP")
+    response = await pay(client, usd_only, exact=True, currency="GBP")
 
     body = assert_problem(response, 422, "currency_not_supported")
     assert "GBP" in body["detail"]
@@ -367,7 +335,7 @@ async def test_known_currency_the_merchant_does_not_accept_is_not_supported(
 async def test_unknown_top_level_fields_are_rejected(
     client: httpx.AsyncClient, merchant: MerchantCredentials
 ) -> None:
-    response = await pay(client, merchant, surprise="field")
+    response = await pay(client, merchant, exact=True, surprise="field")
 
     assert_invalid_field(response, "surprise")
 
@@ -468,8 +436,8 @@ async def test_every_bad_field_is_listed_in_one_422(
 async def test_description_is_limited_to_500_characters(
     client: httpx.AsyncClient, merchant: MerchantCredentials
 ) -> None:
-    accepted = await pay(client, merchant, description="d" * 500)
-    rejected = await pay(client, merchant, description="d" * 501)
+    accepted = await pay(client, merchant, exact=True, description="d" * 500)
+    rejected = await pay(client, merchant, exact=True, description="d" * 501)
 
     assert accepted.status_code == 200, accepted.text
     assert accepted.json()["description"] == "d" * 500
@@ -480,7 +448,7 @@ async def test_description_is_limited_to_500_characters(
 async def test_payment_method_must_be_a_card(
     client: httpx.AsyncClient, merchant: MerchantCredentials, method: str | None
 ) -> None:
-    response = await pay(client, merchant, payment_method=method)
+    response = await pay(client, merchant, exact=True, payment_method=method)
 
     assert_invalid_field(response, "payment_method")
 
@@ -505,8 +473,8 @@ async def test_metadata_is_limited_to_50_keys(
 ) -> None:
     fifty = {f"k{i}": i for i in range(50)}
 
-    accepted = await pay(client, merchant, metadata=fifty)
-    rejected = await pay(client, merchant, metadata={**fifty, "k50": 50})
+    accepted = await pay(client, merchant, exact=True, metadata=fifty)
+    rejected = await pay(client, merchant, exact=True, metadata={**fifty, "k50": 50})
 
     assert accepted.status_code == 200, accepted.text
     assert accepted.json()["metadata"] == fifty
@@ -516,8 +484,8 @@ async def test_metadata_is_limited_to_50_keys(
 async def test_metadata_is_limited_to_16_kib(
     client: httpx.AsyncClient, merchant: MerchantCredentials
 ) -> None:
-    accepted = await pay(client, merchant, metadata={"blob": "x" * (15 * 1024)})
-    rejected = await pay(client, merchant, metadata={"blob": "x" * (16 * 1024)})
+    accepted = await pay(client, merchant, exact=True, metadata={"blob": "x" * (15 * 1024)})
+    rejected = await pay(client, merchant, exact=True, metadata={"blob": "x" * (16 * 1024)})
 
     assert accepted.status_code == 200, accepted.text
     assert_invalid_field(rejected, "metadata")
@@ -527,7 +495,7 @@ async def test_metadata_is_limited_to_16_kib(
 async def test_metadata_must_be_a_json_object(
     client: httpx.AsyncClient, merchant: MerchantCredentials, metadata: Any
 ) -> None:
-    response = await pay(client, merchant, metadata=metadata)
+    response = await pay(client, merchant, exact=True, metadata=metadata)
 
     assert_invalid_field(response, "metadata")
 
@@ -550,7 +518,7 @@ async def test_metadata_is_stored_and_returned_unchanged(
         "flag": False,
     }
 
-    response = await pay(client, merchant, metadata=metadata)
+    response = await pay(client, merchant, exact=True, metadata=metadata)
 
     assert response.status_code == 200, response.text
     assert exact(parse_exact(response)["metadata"]) == exact(metadata)
@@ -589,7 +557,7 @@ async def test_metadata_defaults_to_an_empty_object(
 async def test_text_with_nul_characters_is_refused_or_kept_never_a_crash(
     client: httpx.AsyncClient, merchant: MerchantCredentials, field: str, value: Any
 ) -> None:
-    response = await pay(client, merchant, **{field: value})
+    response = await pay(client, merchant, exact=True, **{field: value})
 
     # NUL cannot be stored in PostgreSQL text or jsonb: a 422 naming the field is the
     # honest answer; keeping it unchanged would do too. A 500 is neither.
@@ -605,7 +573,7 @@ async def test_text_with_nul_characters_is_refused_or_kept_never_a_crash(
 async def test_get_returns_the_payment_with_its_refunds(
     client: httpx.AsyncClient, merchant: MerchantCredentials
 ) -> None:
-    created = (await pay(client, merchant)).json()
+    created = (await pay(client, merchant, exact=True)).json()
 
     response = await client.get(payment_url(created["transaction_id"]), headers=merchant.headers)
 
@@ -617,7 +585,7 @@ async def test_unknown_and_other_merchants_payments_are_not_found_alike(
     client: httpx.AsyncClient, merchant: MerchantCredentials, create_merchant: Callable[..., Any]
 ) -> None:
     other: MerchantCredentials = await create_merchant()
-    theirs = (await pay(client, other)).json()["transaction_id"]
+    theirs = (await pay(client, other, exact=True)).json()["transaction_id"]
     unknown = f"txn_{uuid.uuid4().hex}"
 
     foreign = await client.get(payment_url(theirs), headers=merchant.headers)
@@ -639,7 +607,7 @@ async def test_a_valid_correlation_id_is_echoed(
 ) -> None:
     headers = {**merchant.headers, "X-Correlation-ID": sent}
 
-    response = await client.post(PROCESS, json=payment_body(merchant.merchant_id), headers=headers)
+    response = await pay(client, merchant, headers=headers)
     problem = await client.get(payment_url("txn_unknown"), headers=headers)
 
     assert response.status_code == 200, response.text
@@ -660,7 +628,7 @@ async def test_a_missing_or_invalid_correlation_id_is_replaced_by_a_new_uuid(
     if sent is not None:
         headers["X-Correlation-ID"] = sent.encode()  # bytes: non-ASCII goes out as sent
 
-    response = await client.post(PROCESS, json=payment_body(merchant.merchant_id), headers=headers)
+    response = await pay(client, merchant, headers=headers)
 
     assert response.status_code == 200, response.text
     answered = response.headers["X-Correlation-ID"]
@@ -696,7 +664,8 @@ async def test_root_describes_the_service_without_authentication(
 async def test_deep_health_reports_each_dependency(
     client: httpx.AsyncClient, merchant: MerchantCredentials
 ) -> None:
-    await pay(client, merchant)  # one event waits in the outbox: Kafka is not configured here
+    # One event waits in the outbox: Kafka is not configured here.
+    await pay(client, merchant, exact=True)
 
     response = await client.get("/health")
 

@@ -1,4 +1,4 @@
-"""POST /api/v1/payments/{id}/refund through the real app (SPEC §2, refunds)."""
+"""POST /api/v1/payments/{id}/refund through the real app (docs/api.md, refunds)."""
 
 from __future__ import annotations
 
@@ -13,17 +13,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import MerchantCredentials, payment_body
-
-PROCESS = "/api/v1/payments/process"
-
-
-def payment_url(transaction_id: str) -> str:
-    return f"/api/v1/payments/{transaction_id}"
-
-
-def refund_url(transaction_id: str) -> str:
-    return f"/api/v1/payments/{transaction_id}/refund"
+from tests.conftest import MerchantCredentials
+from tests.e2e.api_calls import assert_problem, pay, payment_url, refund, refund_url
 
 
 async def create_payment(
@@ -33,27 +24,13 @@ async def create_payment(
     currency: str = "USD",
     card_number: str = "4242 4242 4242 4242",
 ) -> dict[str, Any]:
-    response = await client.post(
-        PROCESS,
-        json=payment_body(
-            merchant.merchant_id, amount=amount, currency=currency, card_number=card_number
-        ),
-        headers=merchant.headers,
+    """Pay and return the payment, or the problem of a failed one (503)."""
+    response = await pay(
+        client, merchant, amount=amount, currency=currency, card_number=card_number
     )
     assert response.status_code in (200, 503), response.text
     body: dict[str, Any] = response.json()
     return body
-
-
-async def refund(
-    client: httpx.AsyncClient,
-    merchant: MerchantCredentials,
-    transaction_id: str,
-    amount: str | None = None,
-    **fields: Any,
-) -> httpx.Response:
-    body = {**fields} if amount is None else {"amount": amount, **fields}
-    return await client.post(refund_url(transaction_id), json=body, headers=merchant.headers)
 
 
 async def read(
@@ -62,14 +39,6 @@ async def read(
     response = await client.get(payment_url(transaction_id), headers=merchant.headers)
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
-    return body
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code
     return body
 
 

@@ -548,7 +548,7 @@ async def test_events_carry_the_trace_context_and_the_data_streams_pathway(
     assert headers["x-datadog-trace-id"] == str(produce["trace_id"])
     assert headers["x-datadog-parent-id"] == str(produce["span_id"])
     assert "dd-pathway-ctx-base64" in headers  # Data Streams Monitoring checkpoint
-    # SPEC §6's headers first and unchanged; the tracing headers after them.
+    # docs/events.md's three headers first and unchanged; the tracing headers after them.
     assert list(headers)[:3] == ["event_type", "event_id", "correlation_id"]
     assert set(headers) - {"event_type", "event_id", "correlation_id"} <= TRACE_HEADERS
 

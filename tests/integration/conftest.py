@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.adapters.db.unit_of_work import UnitOfWork
-from app.adapters.messaging.kafka import KafkaOutboxRelay
+from app.adapters.db.unit_of_work import SqlUnitOfWork
+from app.adapters.messaging import KafkaMessaging
 from tests.conftest import truncate_all
 from tests.integration.test_outbox_relay import KAFKA, TOPIC
 
@@ -21,12 +21,13 @@ async def _empty_tables(engine: AsyncEngine) -> None:
 
 @pytest.fixture
 async def relays(
-    uow_factory: Callable[[], UnitOfWork],
-) -> AsyncIterator[Callable[..., KafkaOutboxRelay]]:
-    """Build relays on the test database; every one is stopped at the end."""
-    built: list[KafkaOutboxRelay] = []
+    uow_factory: Callable[[], SqlUnitOfWork],
+) -> AsyncIterator[Callable[..., KafkaMessaging]]:
+    """Build the Kafka side (producer, publisher, relay) on the test database; every one is
+    stopped at the end."""
+    built: list[KafkaMessaging] = []
 
-    def build(**overrides: Any) -> KafkaOutboxRelay:
+    def build(**overrides: Any) -> KafkaMessaging:
         options: dict[str, Any] = {
             "uow_factory": uow_factory,
             "bootstrap_servers": KAFKA,
@@ -35,7 +36,7 @@ async def relays(
             "interval_s": 0.1,
             "batch_size": 50,
         }
-        relay = KafkaOutboxRelay(**(options | overrides))
+        relay = KafkaMessaging.create(**(options | overrides))
         built.append(relay)
         return relay
 

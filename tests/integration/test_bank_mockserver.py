@@ -22,7 +22,6 @@ from typing import Any
 import httpx
 import pytest
 
-from app.adapters.bank.base import AuthorizationRequest, RefundRequest
 from app.adapters.bank.http import HttpBankGateway
 from app.domain.cards import (
     DECLINE_MESSAGES,
@@ -32,6 +31,7 @@ from app.domain.cards import (
     luhn_check_digit,
 )
 from app.domain.errors import BankUnavailable
+from app.services.ports import AuthorizationRequest, BankRefundRequest
 
 pytestmark = pytest.mark.mockserver
 
@@ -187,7 +187,7 @@ async def test_any_other_valid_card_is_approved(bank: HttpBankGateway) -> None:
 
 async def test_refund_succeeds(bank: HttpBankGateway) -> None:
     result = await bank.refund(
-        RefundRequest(
+        BankRefundRequest(
             refund_id=f"re_it_{uuid.uuid4().hex}",
             transaction_id=_transaction_id(),
             authorization_code=generator.DEFAULT_AUTHORIZATION_CODE,

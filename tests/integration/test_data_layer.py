@@ -13,18 +13,24 @@ import simplejson
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, insert, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.adapters.db.engine import build_engine
-from app.adapters.db.models import AuditLogEntry, Base, Merchant, Transaction
-from app.adapters.db.unit_of_work import UnitOfWork
+from app.adapters.db.mapping import payment_values
+from app.adapters.db.models import Base, MerchantRow, PaymentRow
+from app.adapters.db.queries import SqlPaymentQueries
+from app.adapters.db.repositories import AUDIT_LOG, PAYMENTS
+from app.adapters.db.unit_of_work import SqlUnitOfWork
 from app.core.config import Settings
+from app.domain.audit import AuditEntry, AuditOutcome
+from app.domain.money import Money
+from app.domain.payments import PaymentStatus
 from tests.conftest import alembic_config
-from tests.factories import ApiKeyFactory, MerchantFactory, RefundFactory, TransactionFactory
+from tests.factories import ApiKeyFactory, MerchantFactory, PaymentFactory, RefundFactory
 
-UowFactory = Callable[[], UnitOfWork]
+UowFactory = Callable[[], SqlUnitOfWork]
 
 
 async def _seed_merchant(uow_factory: UowFactory, merchant_id: str = "merchant_00000") -> None:
@@ -86,29 +92,49 @@ async def test_unit_of_work_rolls_back_on_exception(uow_factory: UowFactory) -> 
         ({"status": "pending"}, "status_(valid|matches_refunds)"),
         ({"status": "refunded", "refunded_minor": 5_000}, "status_matches_refunds"),
         ({"status": "captured", "refunded_minor": 5_000}, "status_matches_refunds"),
+        ({"status": "processing", "refunded_minor": 5_000}, "status_matches_refunds"),
         ({"currency": "usd"}, "currency_iso4217"),
         ({"payment_method": "cash"}, "payment_method_valid"),
         ({"card_exp_month": 13}, "card_exp_month_valid"),
     ],
 )
-async def test_transaction_constraints_make_bad_states_impossible(
-    uow_factory: UowFactory, overrides: dict[str, object], constraint: str
+async def test_payment_constraints_make_bad_states_impossible(
+    uow_factory: UowFactory,
+    engine: AsyncEngine,
+    overrides: dict[str, object],
+    constraint: str,
 ) -> None:
+    """The database refuses what the domain never produces, even from a buggy writer."""
     await _seed_merchant(uow_factory)
     with pytest.raises(IntegrityError, match=constraint):
-        async with uow_factory() as uow:
-            uow.payments.add(TransactionFactory(**overrides))
-            await uow.flush()
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(PAYMENTS).values(payment_values(PaymentFactory()) | overrides)
+            )
 
 
-async def test_transaction_ids_are_unique(uow_factory: UowFactory) -> None:
+@pytest.mark.parametrize("status", ["processing", "authorized", "voided", "expired"])
+async def test_every_status_of_the_state_machine_can_be_stored(
+    uow_factory: UowFactory, queries: SqlPaymentQueries, status: str
+) -> None:
+    await _seed_merchant(uow_factory)
+    payment = PaymentFactory(status=PaymentStatus(status))
+    async with uow_factory() as uow:
+        uow.payments.add(payment)
+        await uow.commit()
+    stored = await queries.payment(payment.transaction_id, merchant_id="merchant_00000")
+    assert stored is not None
+    assert stored.status == status
+
+
+async def test_payment_ids_are_unique(uow_factory: UowFactory) -> None:
     await _seed_merchant(uow_factory)
     async with uow_factory() as uow:
-        uow.payments.add(TransactionFactory(transaction_id="txn_dup"))
+        uow.payments.add(PaymentFactory(transaction_id="txn_dup"))
         await uow.commit()
     with pytest.raises(IntegrityError, match="pk_transactions"):
         async with uow_factory() as uow:
-            uow.payments.add(TransactionFactory(transaction_id="txn_dup"))
+            uow.payments.add(PaymentFactory(transaction_id="txn_dup"))
             await uow.flush()
 
 
@@ -121,7 +147,7 @@ async def test_refund_needs_an_existing_payment_and_a_positive_amount(
             uow.refunds.add(RefundFactory(transaction_id="txn_nowhere"))
             await uow.flush()
     async with uow_factory() as uow:
-        uow.payments.add(TransactionFactory(transaction_id="txn_has_refund"))
+        uow.payments.add(PaymentFactory(transaction_id="txn_has_refund"))
         await uow.commit()
     with pytest.raises(IntegrityError, match="amount_positive"):
         async with uow_factory() as uow:
@@ -184,39 +210,69 @@ async def test_stale_in_progress_claim_is_taken_over_with_its_resource_id(
     ],
 )
 async def test_jsonb_round_trips_exactly(
-    uow_factory: UowFactory, metadata: dict[str, object]
+    uow_factory: UowFactory, queries: SqlPaymentQueries, metadata: dict[str, object]
 ) -> None:
     await _seed_merchant(uow_factory)
-    txn = TransactionFactory(metadata_=metadata)
+    txn = PaymentFactory(metadata=metadata)
     async with uow_factory() as uow:
         uow.payments.add(txn)
         await uow.commit()
+    stored = await queries.payment(txn.transaction_id, merchant_id="merchant_00000")
+    assert stored is not None
+    assert stored.metadata == metadata
+    # Same values with the same digits and types; JSONB orders keys its own way.
+    assert simplejson.dumps(stored.metadata, sort_keys=True, use_decimal=True) == (
+        simplejson.dumps(metadata, sort_keys=True, use_decimal=True)
+    )
+
+
+async def test_a_payment_reads_back_whole_with_its_refunds_oldest_first(
+    uow_factory: UowFactory, queries: SqlPaymentQueries
+) -> None:
+    await _seed_merchant(uow_factory)
+    payment = PaymentFactory(status=PaymentStatus.PARTIALLY_REFUNDED, refunded_minor=3_000)
+    first = RefundFactory(transaction_id=payment.transaction_id, amount_minor=1_000)
+    second = RefundFactory(
+        transaction_id=payment.transaction_id,
+        amount_minor=2_000,
+        created_at=first.created_at + timedelta(seconds=1),
+    )
     async with uow_factory() as uow:
-        stored = await uow.payments.get(txn.transaction_id, merchant_id="merchant_00000")
-        assert stored is not None
-        assert stored.metadata_ == metadata
-        # Same values with the same digits and types; JSONB orders keys its own way.
-        assert simplejson.dumps(stored.metadata_, sort_keys=True, use_decimal=True) == (
-            simplejson.dumps(metadata, sort_keys=True, use_decimal=True)
-        )
+        uow.payments.add(payment)
+        uow.refunds.add(second)
+        uow.refunds.add(first)
+        await uow.commit()
+    stored = await queries.payment(payment.transaction_id, merchant_id="merchant_00000")
+    assert stored is not None
+    assert [r.refund_id for r in stored.refunds] == [first.refund_id, second.refund_id]
+    assert (stored.amount, stored.captured, stored.refunded) == (
+        Money(10_000, "USD"),
+        Money(10_000, "USD"),
+        Money(3_000, "USD"),
+    )
+    assert stored.card == payment.card
+    assert stored.created_at == payment.created_at
 
 
-async def test_payment_lookup_is_scoped_to_its_merchant(uow_factory: UowFactory) -> None:
+async def test_payment_lookup_is_scoped_to_its_merchant(
+    uow_factory: UowFactory, queries: SqlPaymentQueries
+) -> None:
     await _seed_merchant(uow_factory, "merchant_00000")
     await _seed_merchant(uow_factory, "merchant_other")
-    txn = TransactionFactory()
+    txn = PaymentFactory()
     async with uow_factory() as uow:
         uow.payments.add(txn)
         uow.api_keys.add(ApiKeyFactory())
         await uow.commit()
+    assert await queries.payment(txn.transaction_id, merchant_id="merchant_other") is None
+    assert await queries.payment(txn.transaction_id, merchant_id="merchant_00000")
     async with uow_factory() as uow:
-        assert await uow.payments.get(txn.transaction_id, merchant_id="merchant_other") is None
-        assert await uow.payments.get(txn.transaction_id, merchant_id="merchant_00000")
+        assert await uow.payments.get_for_update(txn.transaction_id, merchant_id="nope") is None
 
 
 async def test_for_update_lock_blocks_a_second_transaction(uow_factory: UowFactory) -> None:
     await _seed_merchant(uow_factory)
-    txn = TransactionFactory()
+    txn = PaymentFactory()
     async with uow_factory() as uow:
         uow.payments.add(txn)
         await uow.commit()
@@ -254,12 +310,14 @@ async def test_audit_log_is_append_only_in_the_database(
 ) -> None:
     async with uow_factory() as uow:
         uow.audit.append(
-            AuditLogEntry(
+            AuditEntry(
                 actor="admin-cli",
                 action="merchant.create",
                 resource_type="merchant",
                 resource_id="m",
-                outcome="success",
+                outcome=AuditOutcome.SUCCESS,
+                correlation_id=None,
+                occurred_at=datetime.now(UTC),
                 details={"k": "v"},
             )
         )
@@ -268,22 +326,22 @@ async def test_audit_log_is_append_only_in_the_database(
         with pytest.raises(DBAPIError, match="append-only"):
             async with engine.begin() as conn:
                 await conn.execute(text(statement))
-    async with uow_factory() as uow:
-        rows = (await uow.session.execute(select(AuditLogEntry))).scalars().all()
-        assert [r.outcome for r in rows] == ["success"]
+    async with engine.connect() as conn:
+        outcomes = (await conn.execute(select(AUDIT_LOG.c.outcome))).scalars().all()
+    assert outcomes == ["success"]
 
 
 async def test_merchant_must_accept_a_currency(uow_factory: UowFactory) -> None:
     with pytest.raises(IntegrityError, match="accepts_a_currency"):
         async with uow_factory() as uow:
-            uow.merchants.add(MerchantFactory(currencies=[]))
+            uow.merchants.add(MerchantFactory(currencies=frozenset()))
             await uow.flush()
 
 
 def test_models_are_the_ones_alembic_sees() -> None:
     assert {"merchants", "transactions", "refunds", "audit_log"} <= set(Base.metadata.tables)
-    assert Transaction.__table__.c.amount_minor.type.python_type is int
-    assert Merchant.__table__.c.currencies is not None
+    assert PaymentRow.__table__.c.amount_minor.type.python_type is int
+    assert MerchantRow.__table__.c.currencies is not None
 
 
 async def test_pooled_connections_the_server_closed_are_replaced_without_an_error(

@@ -27,30 +27,24 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError
 from jsonschema import Draft202012Validator
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.adapters.bank.base import RefundRequest, RefundResult
 from app.adapters.bank.simulator import SimulatedBankGateway
 from app.adapters.db.models import OutboxEvent
-from app.adapters.db.unit_of_work import UnitOfWork
-from app.adapters.messaging.kafka import KafkaOutboxRelay
+from app.adapters.db.unit_of_work import SqlUnitOfWork
+from app.adapters.messaging import KafkaMessaging
 from app.domain.errors import BankUnavailable, RefundExceedsBalance
-from app.domain.money import Money
 from app.services.context import ServiceContext
-from app.services.payments import (
-    CardDetails,
-    MerchantPrincipal,
-    ProcessPayment,
-    RefundPayment,
-    process_payment,
-    refund_payment,
-)
+from app.services.ports import BankRefundRequest, OutboxMessage, RefundResult
+from tests.integration.test_write_batch_statements import recorded_statements
+from tests.service_calls import pay, refund
 
 KAFKA = "127.0.0.1:9092"
 TOPIC = "payments.events"
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "docs" / "schemas" / "payment-event.schema.json"
 EVENT_SCHEMA = Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
 
-UowFactory = Callable[[], UnitOfWork]
+UowFactory = Callable[[], SqlUnitOfWork]
 
 
 # -- reading the topic ----------------------------------------------------------------
@@ -237,29 +231,10 @@ def new_aggregates(n: int) -> list[str]:
     return [f"txn_{uuid.uuid4().hex}" for _ in range(n)]
 
 
-def card(number: str = "4242424242424242", cvv: str = "123") -> CardDetails:
-    return CardDetails(number=number, cvv=cvv, exp_month=12, exp_year=2030, holder_name="Jane Doe")
-
-
-def payment(number: str = "4242424242424242", amount: str = "99.99") -> ProcessPayment:
-    return ProcessPayment(
-        merchant_id="merchant_test_123",
-        amount=Money.from_major(amount, "USD"),
-        payment_method="credit_card",
-        card=card(number),
-        description="Order 1234",
-    )
-
-
-PRINCIPAL = MerchantPrincipal(
-    merchant_id="merchant_test_123", active=True, currencies=frozenset({"USD", "EUR"})
-)
-
-
 class RefundRefusingBank(SimulatedBankGateway):
     """Approves payments like the simulator, but never answers a refund."""
 
-    async def refund(self, request: RefundRequest) -> RefundResult:
+    async def refund(self, request: BankRefundRequest) -> RefundResult:
         raise BankUnavailable(failure_code="processing_error")
 
 
@@ -284,11 +259,11 @@ class ProducerFailingOneTransaction(AIOKafkaProducer):  # type: ignore[misc]
 # -- relays ---------------------------------------------------------------------------
 
 
-async def started(relay: KafkaOutboxRelay) -> KafkaOutboxRelay:
-    """Start the relay and wait until its producer is connected."""
-    await relay.start()
-    await eventually(relay.broker_available, what="producer connected")
-    return relay
+async def started(kafka: KafkaMessaging) -> KafkaMessaging:
+    """Start the Kafka side (relay included) and wait until its producer is connected."""
+    await kafka.start()
+    await eventually(kafka.producer.broker_available, what="producer connected")
+    return kafka
 
 
 # -- what the outbox holds ------------------------------------------------------------
@@ -297,37 +272,21 @@ async def started(relay: KafkaOutboxRelay) -> KafkaOutboxRelay:
 async def test_every_state_change_writes_exactly_one_event_of_its_type(
     ctx: ServiceContext, merchant: Any, uow_factory: UowFactory
 ) -> None:
-    captured = await process_payment(
-        ctx, merchant=PRINCIPAL, command=payment(), correlation_id="corr-capture"
-    )
+    captured = await pay(ctx, correlation_id="corr-capture")
     txn = captured["transaction_id"]
-    await refund_payment(
-        ctx,
-        merchant=PRINCIPAL,
-        command=RefundPayment(transaction_id=txn, amount=Decimal("30.00")),
-        correlation_id="corr-refund",
-    )
+    await refund(ctx, txn, Decimal("30.00"), correlation_id="corr-refund")
     with pytest.raises(BankUnavailable):
-        await refund_payment(
+        await refund(
             dataclasses.replace(ctx, bank=RefundRefusingBank()),
-            merchant=PRINCIPAL,
-            command=RefundPayment(transaction_id=txn, amount=Decimal("10.00")),
+            txn,
+            Decimal("10.00"),
             correlation_id="corr-refund-failed",
         )
     with pytest.raises(RefundExceedsBalance):
-        await refund_payment(
-            ctx,
-            merchant=PRINCIPAL,
-            command=RefundPayment(transaction_id=txn, amount=Decimal("500.00")),
-            correlation_id=None,
-        )
-    declined = await process_payment(
-        ctx, merchant=PRINCIPAL, command=payment("4000000000000002"), correlation_id=None
-    )
+        await refund(ctx, txn, Decimal("500.00"), correlation_id=None)
+    declined = await pay(ctx, "4000000000000002", correlation_id=None)
     with pytest.raises(BankUnavailable) as failed:
-        await process_payment(
-            ctx, merchant=PRINCIPAL, command=payment("4000000000000119"), correlation_id=None
-        )
+        await pay(ctx, "4000000000000119", correlation_id=None)
     failed_txn = failed.value.extra["transaction_id"]
 
     rows = await outbox_rows(uow_factory)
@@ -366,9 +325,9 @@ async def test_a_claim_skips_events_whose_older_sibling_another_publisher_holds(
         taken = await second.outbox.claim(claimer="second", lease=lease, limit=10)
         await first.commit()
         await second.commit()
-    assert [e.id for e in held] == [rows[0].id]
+    assert [e.event_id for e in held] == [rows[0].event_id]
     # a1 was locked by the first claim: a2 must wait for it; b's events go together.
-    assert [e.id for e in taken] == [rows[1].id, rows[3].id]
+    assert [e.event_id for e in taken] == [rows[1].event_id, rows[3].event_id]
 
     async with uow_factory() as uow:
         assert await uow.outbox.claim(claimer="third", lease=lease, limit=10) == []
@@ -377,7 +336,7 @@ async def test_a_claim_skips_events_whose_older_sibling_another_publisher_holds(
     async with uow_factory() as uow:
         after = await uow.outbox.claim(claimer="third", lease=lease, limit=10)
         await uow.commit()
-    assert [e.id for e in after] == [rows[2].id]
+    assert [e.event_id for e in after] == [rows[2].event_id]
 
 
 async def test_an_expired_lease_is_claimable_again_and_only_its_holder_releases_it(
@@ -396,7 +355,7 @@ async def test_an_expired_lease_is_claimable_again_and_only_its_holder_releases_
         )
         await uow.outbox.release([row.event_id], claimer="crashed", error="too late")
         await uow.commit()
-    assert claimed.id == reclaimed.id == row.id
+    assert claimed.event_id == reclaimed.event_id == row.event_id
     (after,) = await outbox_rows(uow_factory)
     assert (after.claimed_by, after.attempts, after.last_error) == ("alive", 0, None)
 
@@ -408,6 +367,26 @@ async def test_an_expired_lease_is_claimable_again_and_only_its_holder_releases_
     assert (after.attempts, after.last_error) == (1, "broker down")
 
 
+async def test_a_mark_alone_in_its_unit_needs_no_transaction_after_others_it_joins_theirs(
+    uow_factory: UowFactory, engine: AsyncEngine
+) -> None:
+    alone, joined = await insert_events(uow_factory, new_aggregates(2))
+    with recorded_statements(engine) as executed:
+        async with uow_factory() as uow:
+            await uow.outbox.mark_published([alone.event_id], at=datetime.now(UTC))
+            await uow.commit()
+    (mark,) = executed
+    assert mark.sql.startswith("UPDATE outbox_events SET published_at")
+    assert mark.in_transaction_after is False  # one statement, no BEGIN/COMMIT
+
+    async with uow_factory() as uow:  # after a claim: one transaction, rolled back here
+        await uow.outbox.claim(claimer="me", lease=timedelta(seconds=30), limit=10)
+        await uow.outbox.mark_published([joined.event_id], at=datetime.now(UTC))
+    published = {row.event_id: row.published_at for row in await outbox_rows(uow_factory)}
+    assert published[alone.event_id] is not None
+    assert published[joined.event_id] is None
+
+
 # -- publishing -----------------------------------------------------------------------
 
 
@@ -416,14 +395,12 @@ async def test_a_request_publishes_its_own_event_once_before_it_answers(
     ctx: ServiceContext,
     merchant: Any,
     uow_factory: UowFactory,
-    relays: Callable[..., KafkaOutboxRelay],
+    relays: Callable[..., KafkaMessaging],
 ) -> None:
-    relay = await started(relays(interval_s=30.0))  # the relay itself stays out of the way
-    publishing = dataclasses.replace(ctx, publisher=relay)
+    kafka = await started(relays(interval_s=30.0))  # the relay itself stays out of the way
+    publishing = dataclasses.replace(ctx, publisher=kafka.publisher)
     async with tail_topic() as tail:
-        view = await process_payment(
-            publishing, merchant=PRINCIPAL, command=payment(), correlation_id="corr-1"
-        )
+        view = await pay(publishing, correlation_id="corr-1")
         (row,) = await outbox_rows(uow_factory, view["transaction_id"])
         assert row.published_at is not None  # marked before the request returned
         await tail.read_events([str(row.event_id)], timeout_s=10)
@@ -440,7 +417,7 @@ async def test_a_failed_publication_never_fails_the_request_and_the_relay_publis
     ctx: ServiceContext,
     merchant: Any,
     uow_factory: UowFactory,
-    relays: Callable[..., KafkaOutboxRelay],
+    relays: Callable[..., KafkaMessaging],
 ) -> None:
     dying = await started(
         relays(
@@ -448,12 +425,7 @@ async def test_a_failed_publication_never_fails_the_request_and_the_relay_publis
             interval_s=60.0,  # only the request tries: its own poll ran before the payment
         )
     )
-    view = await process_payment(
-        dataclasses.replace(ctx, publisher=dying),
-        merchant=PRINCIPAL,
-        command=payment(),
-        correlation_id=None,
-    )
+    view = await pay(dataclasses.replace(ctx, publisher=dying.publisher), correlation_id=None)
     assert view["status"] == "captured"
     (row,) = await outbox_rows(uow_factory, view["transaction_id"])
     assert row.published_at is None
@@ -470,7 +442,7 @@ async def test_a_failed_publication_never_fails_the_request_and_the_relay_publis
 
 @pytest.mark.kafka
 async def test_when_an_event_fails_the_later_events_of_its_transaction_wait_for_it(
-    uow_factory: UowFactory, relays: Callable[..., KafkaOutboxRelay]
+    uow_factory: UowFactory, relays: Callable[..., KafkaMessaging]
 ) -> None:
     failing, healthy = new_aggregates(2)
     rows = await insert_events(uow_factory, [failing, healthy], per_aggregate=3)
@@ -504,7 +476,7 @@ async def test_when_an_event_fails_the_later_events_of_its_transaction_wait_for_
 
 @pytest.mark.kafka
 async def test_events_left_behind_by_a_dead_process_are_published_by_the_relay(
-    uow_factory: UowFactory, relays: Callable[..., KafkaOutboxRelay]
+    uow_factory: UowFactory, relays: Callable[..., KafkaMessaging]
 ) -> None:
     never_claimed, lease_expired, lease_running = await insert_events(
         uow_factory, new_aggregates(3)
@@ -539,14 +511,14 @@ async def test_events_left_behind_by_a_dead_process_are_published_by_the_relay(
 @pytest.mark.kafka
 async def test_two_relays_publish_each_event_once_and_each_transactions_events_in_order(
     uow_factory: UowFactory,
-    relays: Callable[..., KafkaOutboxRelay],
+    relays: Callable[..., KafkaMessaging],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     for _ in range(2):
         await started(relays(batch_size=16, interval_s=0.02))
     aggregates = new_aggregates(60)
     async with tail_topic() as tail:
-        with caplog.at_level("INFO", logger="app.adapters.messaging.kafka"):
+        with caplog.at_level("INFO", logger="app.adapters.messaging.relay"):
             rows = await insert_events(uow_factory, aggregates, per_aggregate=3)
             event_ids = [str(row.event_id) for row in rows]
             await tail.read_events(event_ids)
@@ -568,15 +540,43 @@ async def test_two_relays_publish_each_event_once_and_each_transactions_events_i
 
 
 @pytest.mark.kafka
-async def test_stop_publishes_what_is_pending_then_flushes_and_closes(
-    uow_factory: UowFactory, relays: Callable[..., KafkaOutboxRelay]
+async def test_the_relay_waits_for_a_producer_that_connects_late_then_publishes_the_backlog(
+    uow_factory: UowFactory, relays: Callable[..., KafkaMessaging]
 ) -> None:
-    relay = await started(relays(interval_s=60.0))
+    built: list[AIOKafkaProducer] = []
+
+    def late_producer() -> AIOKafkaProducer:  # nothing listens on port 1: start() fails
+        servers = "127.0.0.1:1" if len(built) < 2 else KAFKA
+        built.append(AIOKafkaProducer(bootstrap_servers=servers, request_timeout_ms=1000))
+        return built[-1]
+
+    rows = await insert_events(uow_factory, new_aggregates(3))
+    kafka = relays(producer_factory=late_producer, fresh_grace_s=0.0)
+    async with tail_topic() as tail:
+        await kafka.start()
+        probe = OutboxMessage(
+            event_id=uuid.uuid4(),
+            event_type="payment.captured",
+            key="txn_x",
+            payload={},
+            headers={},
+        )
+        assert kafka.publisher.reserve(probe) is None  # not connected: left to the relay
+        await tail.read_events([str(row.event_id) for row in rows], timeout_s=20)
+    assert len(built) == 3  # two refused, the third connected
+    await eventually(lambda: _backlog_is(uow_factory, 0), what="backlog published")
+
+
+@pytest.mark.kafka
+async def test_stop_publishes_what_is_pending_then_flushes_and_closes(
+    uow_factory: UowFactory, relays: Callable[..., KafkaMessaging]
+) -> None:
+    kafka = await started(relays(interval_s=60.0))
     await asyncio.sleep(0.3)  # past the relay's first poll: it now sleeps for a minute
     rows = await insert_events(uow_factory, new_aggregates(30))
     async with tail_topic() as tail:
-        await relay.stop()
-        assert not await relay.broker_available()
+        await kafka.stop()
+        assert not await kafka.publisher.broker_available()
         assert await pending_count(uow_factory) == 0
         event_ids = [str(row.event_id) for row in rows]
         await tail.read_events(event_ids, timeout_s=10)

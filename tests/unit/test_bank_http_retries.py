@@ -14,9 +14,9 @@ from typing import Any, Protocol
 import httpx
 import pytest
 
-from app.adapters.bank.base import AuthorizationRequest, RefundRequest
 from app.adapters.bank.http import HttpBankGateway
 from app.domain.errors import BankUnavailable
+from app.services.ports import AuthorizationRequest, BankRefundRequest
 
 CARD_NUMBER = "4242424242424242"
 CVV = "987"
@@ -166,7 +166,7 @@ async def test_refund_sends_the_refund_id_as_idempotency_key(
     gateway = make_gateway(bank)
 
     result = await gateway.refund(
-        RefundRequest(
+        BankRefundRequest(
             refund_id="re_42",
             transaction_id="txn_42",
             authorization_code="AUTH42",

@@ -8,10 +8,10 @@ import time
 import pytest
 
 from app.adapters.bank import HttpBankGateway, SimulatedBankGateway, build_bank_gateway
-from app.adapters.bank.base import AuthorizationRequest, RefundRequest
 from app.core.config import Settings
 from app.domain.cards import DECLINE_MESSAGES, TEST_CARDS, BankBehaviour, TestCard
 from app.domain.errors import BankUnavailable
+from app.services.ports import AuthorizationRequest, BankRefundRequest
 
 
 def _authorization(card_number: str) -> AuthorizationRequest:
@@ -85,7 +85,7 @@ async def test_authorization_codes_differ_between_payments(bank: SimulatedBankGa
 
 async def test_refunds_succeed_with_a_bank_reference(bank: SimulatedBankGateway) -> None:
     result = await bank.refund(
-        RefundRequest(
+        BankRefundRequest(
             refund_id="re_1",
             transaction_id="txn_1",
             authorization_code="ABC123",

@@ -7,26 +7,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from app.adapters.bank.base import (
-    AuthorizationRequest,
-    AuthorizationResult,
-    BankGateway,
-    RefundRequest,
-    RefundResult,
-)
 from app.adapters.bank.http import HttpBankGateway
 from app.adapters.bank.simulator import SimulatedBankGateway
+from app.services.ports import BankGateway
 
 if TYPE_CHECKING:
     from app.core.config import Settings
 
 __all__ = [
-    "AuthorizationRequest",
-    "AuthorizationResult",
-    "BankGateway",
     "HttpBankGateway",
-    "RefundRequest",
-    "RefundResult",
     "SimulatedBankGateway",
     "build_bank_gateway",
 ]

@@ -39,15 +39,16 @@ from aiobreaker.listener import CircuitBreakerListener
 from aiobreaker.storage.memory import CircuitMemoryStorage
 from httpx_aiohttp import AiohttpTransport
 
-from app.adapters.bank.base import (
-    AuthorizationRequest,
-    AuthorizationResult,
-    RefundRequest,
-    RefundResult,
-)
-from app.adapters.metrics import PaymentMetrics
 from app.domain.cards import DECLINE_MESSAGES
 from app.domain.errors import BankUnavailable
+from app.services.ports import (
+    AuthorizationRequest,
+    AuthorizationResult,
+    BankRefundRequest,
+    Metrics,
+    NoMetrics,
+    RefundResult,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ class HttpBankGateway:
             state_storage=self._breaker_storage,
             name="bank",
         )
-        self._metrics = PaymentMetrics.disabled()
+        self._metrics: Metrics = NoMetrics()
         self._send_with_retries = backoff.on_exception(
             backoff.expo,
             _BankTechnicalError,
@@ -198,7 +199,7 @@ class HttpBankGateway:
         except _MalformedAnswerError as exc:
             raise self._malformed(call, str(exc)) from None
 
-    async def refund(self, request: RefundRequest) -> RefundResult:
+    async def refund(self, request: BankRefundRequest) -> RefundResult:
         """Refund an amount of a captured authorization.
 
         Raises:
@@ -224,7 +225,7 @@ class HttpBankGateway:
         except _MalformedAnswerError as exc:
             raise self._malformed(call, str(exc)) from None
 
-    def report_metrics_to(self, metrics: PaymentMetrics) -> None:
+    def report_metrics_to(self, metrics: Metrics) -> None:
         """Report each call's latency and every circuit state change to ``metrics``."""
         self._metrics = metrics
         self._breaker.add_listener(_CircuitStateReporter(metrics))
@@ -412,7 +413,7 @@ _STATE_NAMES: Final = {
 class _CircuitStateReporter(CircuitBreakerListener):  # type: ignore[misc]
     """Sends the circuit state to the metrics whenever the breaker changes state."""
 
-    def __init__(self, metrics: PaymentMetrics) -> None:
+    def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
     def state_change(self, breaker: Any, old: Any, new: Any) -> None:

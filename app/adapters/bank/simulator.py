@@ -10,14 +10,14 @@ from __future__ import annotations
 import secrets
 import string
 
-from app.adapters.bank.base import (
-    AuthorizationRequest,
-    AuthorizationResult,
-    RefundRequest,
-    RefundResult,
-)
 from app.domain.cards import DECLINE_MESSAGES, BankBehaviour, bank_behaviour_for
 from app.domain.errors import BankUnavailable
+from app.services.ports import (
+    AuthorizationRequest,
+    AuthorizationResult,
+    BankRefundRequest,
+    RefundResult,
+)
 
 AUTHORIZATION_CODE_ALPHABET = string.ascii_uppercase + string.digits
 AUTHORIZATION_CODE_LENGTH = 6
@@ -58,7 +58,7 @@ class SimulatedBankGateway:
                 # that uses the card; the outcome the service sees is the same.
                 raise BankUnavailable(failure_code="bank_timeout")
 
-    async def refund(self, request: RefundRequest) -> RefundResult:
+    async def refund(self, request: BankRefundRequest) -> RefundResult:
         """Every refund succeeds, with a fresh bank reference."""
         return RefundResult(succeeded=True, bank_reference=f"sim_{secrets.token_hex(8)}")
 

@@ -30,6 +30,15 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from app.domain.audit import AuditOutcome
+from app.domain.merchants import MerchantStatus
+from app.domain.payments import (
+    REFUNDED_STATUSES,
+    PaymentMethod,
+    PaymentStatus,
+    RefundStatus,
+)
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -38,12 +47,14 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-PAYMENT_STATUSES = ("captured", "declined", "failed", "partially_refunded", "refunded")
-REFUND_STATUSES = ("succeeded", "failed")
-PAYMENT_METHODS = ("credit_card", "debit_card")
-MERCHANT_STATUSES = ("active", "disabled")
+PAYMENT_STATUSES = tuple(status.value for status in PaymentStatus)
+REFUND_STATUSES = tuple(status.value for status in RefundStatus)
+PAYMENT_METHODS = tuple(method.value for method in PaymentMethod)
+MERCHANT_STATUSES = tuple(status.value for status in MerchantStatus)
 IDEMPOTENCY_STATES = ("in_progress", "completed")
-AUDIT_OUTCOMES = ("success", "failure", "denied")
+AUDIT_OUTCOMES = tuple(outcome.value for outcome in AuditOutcome)
+UNREFUNDED_STATUSES = tuple(s.value for s in PaymentStatus if s not in REFUNDED_STATUSES)
+"""Statuses in which nothing can have been refunded (the domain's sets, in table order)."""
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -61,7 +72,7 @@ def _now() -> Mapped[datetime]:
     return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
 
 
-class Merchant(Base):
+class MerchantRow(Base):
     """A business that takes payments through us."""
 
     __tablename__ = "merchants"
@@ -78,7 +89,7 @@ class Merchant(Base):
     updated_at: Mapped[datetime] = _now()
 
 
-class ApiKey(Base):
+class ApiKeyRow(Base):
     """A bearer key, stored only as a keyed digest, belonging to exactly one merchant."""
 
     __tablename__ = "api_keys"
@@ -97,8 +108,8 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-class Transaction(Base):
-    """One payment: its authorization outcome and how much of it has been refunded."""
+class PaymentRow(Base):
+    """One payment (table ``transactions``): see :class:`app.domain.payments.Payment`."""
 
     __tablename__ = "transactions"
     __table_args__ = (
@@ -110,7 +121,7 @@ class Transaction(Base):
         CheckConstraint(_in("payment_method", PAYMENT_METHODS), name="payment_method_valid"),
         CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency_iso4217"),
         CheckConstraint(
-            "(status IN ('captured', 'declined', 'failed') AND refunded_minor = 0)"
+            f"({_in('status', UNREFUNDED_STATUSES)} AND refunded_minor = 0)"
             " OR (status = 'partially_refunded'"
             " AND refunded_minor > 0 AND refunded_minor < amount_minor)"
             " OR (status = 'refunded' AND refunded_minor = amount_minor)",
@@ -151,13 +162,13 @@ class Transaction(Base):
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
 
-    refunds: Mapped[list[Refund]] = relationship(
-        back_populates="transaction", order_by="Refund.created_at", lazy="raise"
+    refunds: Mapped[list[RefundRow]] = relationship(
+        back_populates="payment", order_by="RefundRow.created_at", lazy="raise"
     )
 
 
-class Refund(Base):
-    """Money returned against a captured payment."""
+class RefundRow(Base):
+    """One refund: see :class:`app.domain.payments.Refund`."""
 
     __tablename__ = "refunds"
     __table_args__ = (
@@ -183,10 +194,10 @@ class Refund(Base):
     correlation_id: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = _now()
 
-    transaction: Mapped[Transaction] = relationship(back_populates="refunds", lazy="raise")
+    payment: Mapped[PaymentRow] = relationship(back_populates="refunds", lazy="raise")
 
 
-class IdempotencyKey(Base):
+class IdempotencyKeyRow(Base):
     """A client's Idempotency-Key: claimed while its request runs, then the stored answer."""
 
     __tablename__ = "idempotency_keys"
@@ -250,7 +261,7 @@ class OutboxEvent(Base):
     claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-class AuditLogEntry(Base):
+class AuditRow(Base):
     """One append-only audit row: who did what to which resource, and how it ended."""
 
     __tablename__ = "audit_log"

@@ -3,11 +3,10 @@
 Use it as ``async with uow:``; nothing is kept unless ``await uow.commit()`` is called,
 and any exception or early exit rolls back.
 
-New payments, refunds, outbox events, audit entries and idempotency answers are *staged*
-(:mod:`app.adapters.db.staging`) and written together as one statement at flush or
-commit. A unit of work whose only work is that statement -- the common case, a payment
-being recorded -- commits it on its own, without ``BEGIN``/``COMMIT`` round trips: one
-statement is atomic by itself.
+Writes are added to a :class:`~app.adapters.db.write_batch.WriteBatch` and sent together
+as one statement at commit. A unit of work whose only work is that statement -- the
+common case, a payment being recorded -- commits it on its own, without
+``BEGIN``/``COMMIT`` round trips: one statement is atomic by itself.
 """
 
 from __future__ import annotations
@@ -26,10 +25,11 @@ from app.adapters.db.repositories import (
     PaymentRepository,
     RefundRepository,
 )
-from app.adapters.db.staging import StagedWrites
+from app.adapters.db.write_batch import WriteBatch
+from app.services.ports import ConcurrentUpdate
 
 
-class UnitOfWork:
+class SqlUnitOfWork:
     """An async context manager owning one session and its transaction."""
 
     merchants: MerchantRepository
@@ -44,7 +44,7 @@ class UnitOfWork:
         self._session_factory = session_factory
         self._session: AsyncSession | None = None
         self._committed = False
-        self._staged = StagedWrites()
+        self._batch = WriteBatch()
 
     @property
     def session(self) -> AsyncSession:
@@ -57,14 +57,14 @@ class UnitOfWork:
         session = self._session_factory()
         self._session = session
         self._committed = False
-        staged = self._staged = StagedWrites()
-        self.merchants = MerchantRepository(session)
-        self.api_keys = ApiKeyRepository(session)
-        self.payments = PaymentRepository(session, staged)
-        self.refunds = RefundRepository(staged)
-        self.idempotency = IdempotencyRepository(session, staged)
-        self.outbox = OutboxRepository(session, staged)
-        self.audit = AuditLogRepository(staged)
+        batch = self._batch = WriteBatch()
+        self.merchants = MerchantRepository(session, batch)
+        self.api_keys = ApiKeyRepository(session, batch)
+        self.payments = PaymentRepository(session, batch)
+        self.refunds = RefundRepository(batch)
+        self.idempotency = IdempotencyRepository(session, batch)
+        self.outbox = OutboxRepository(session, batch)
+        self.audit = AuditLogRepository(batch)
         return self
 
     async def __aexit__(
@@ -78,43 +78,41 @@ class UnitOfWork:
             if not self._committed:
                 await session.rollback()
         finally:
-            self._staged.clear()
+            self._batch.clear()
             await session.close()
             self._session = None
 
-    async def without_transaction(self) -> None:
-        """Run each statement of this unit on its own (autocommit).
-
-        For units whose work is one atomic statement (claiming an idempotency key): it
-        saves the ``BEGIN`` and ``COMMIT`` round trips. Call it before any statement.
-        """
-        await self.session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-
     async def commit(self) -> None:
-        """Make every staged change durable, atomically."""
+        """Make every staged change durable, atomically.
+
+        Raises:
+            ConcurrentUpdate: A conditional write's expectation did not hold; nothing of
+                the unit was written.
+        """
         session = self.session
-        if self._staged and not session.in_transaction() and not _orm_pending(session):
+        if self._batch and not session.in_transaction():
             # Nothing else happened in this unit: its one statement needs no transaction.
-            await self.without_transaction()
+            await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         await self.flush()
         await session.commit()
         self._committed = True
 
     async def rollback(self) -> None:
         """Discard every staged change."""
-        self._staged.clear()
+        self._batch.clear()
         await self.session.rollback()
 
     async def flush(self) -> None:
-        """Send staged changes to the database without committing (to surface constraint errors)."""
-        session = self.session
-        await session.flush()
-        if self._staged:
-            statement, params = self._staged.statement()
-            connection = await session.connection()
-            await connection.execute(statement, params)
-            self._staged.clear()
+        """Send the staged writes without committing (to surface constraint errors).
 
-
-def _orm_pending(session: AsyncSession) -> bool:
-    return bool(session.new or session.dirty or session.deleted)
+        Raises:
+            ConcurrentUpdate: As :meth:`commit`.
+        """
+        if not self._batch:
+            return
+        batch = self._batch.statement()
+        self._batch.clear()
+        connection = await self.session.connection()
+        result = await connection.execute(batch.statement, batch.params)
+        if batch.guarded and not result.scalar_one():
+            raise ConcurrentUpdate("the row changed since it was read; nothing was written")

@@ -1,4 +1,4 @@
-"""Liveness, readiness and the deep health check (SPEC §2)."""
+"""Liveness, readiness and the deep health check (docs/deployment.md, "Health checks")."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 from fastapi import APIRouter
-from sqlalchemy import text
 from starlette.responses import JSONResponse
 
 from app.api.deps import Runtime, RuntimeDep
@@ -26,8 +25,8 @@ CHECK_TIMEOUT_S = 2.0
 async def _database(runtime: Runtime) -> dict[str, Any]:
     started = time.perf_counter()
     try:
-        async with asyncio.timeout(CHECK_TIMEOUT_S), runtime.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            await runtime.database_ping()
     except Exception as exc:
         return {"status": "down", "error": type(exc).__name__}
     return {"status": "up", "latency_ms": round((time.perf_counter() - started) * 1000, 2)}

@@ -2,44 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
 from app.api.deps import CorrelationIdDep, IdempotencyKeyHeader, MerchantDep, Runtime, RuntimeDep
-from app.api.problems import render_error
-from app.api.routing import ExactJsonRoute
+from app.api.exact_json import ExactJsonRoute
 from app.api.schemas import (
     PaymentDetailResponse,
     PaymentRequest,
     PaymentResponse,
     Problem,
-    RefundRequestBody,
+    RefundRequest,
     RefundResponse,
 )
 from app.core.jsoncodec import dump_json
-from app.domain.errors import (
-    BankUnavailable,
-    MerchantInactive,
-    PaymentNotFound,
-    PaymentServiceError,
-)
-from app.services import idempotency
-from app.services.idempotency import IdempotencyClaim, StoredResponse
-from app.services.payments import (
-    TRANSACTION_ID_SHAPE,
-    CardDetails,
-    ProcessPayment,
-    RefundPayment,
-    get_payment,
-    new_refund_id,
-    new_transaction_id,
-    process_payment,
-    refund_payment,
-)
+from app.services.idempotency import Answer, IdempotencyKey, request_fingerprint
+from app.services.payments import CardDetails, get_payment, process_payment
+from app.services.refunds import refund_payment
 
 router = APIRouter(prefix="/api/v1/payments", tags=["payments"], route_class=ExactJsonRoute)
 
@@ -47,13 +28,6 @@ TransactionIdPath = Path(
     description="The payment's id; anything that is not one of yours answers 404.",
     examples=["txn_0f1e2d3c4b5a69788796a5b4c3d2e1f0"],
 )
-
-
-def _known_shape(transaction_id: str) -> str:
-    # A malformed id is just an unknown one (SPEC: 404), answered without a query.
-    if not TRANSACTION_ID_SHAPE.fullmatch(transaction_id):
-        raise PaymentNotFound
-    return transaction_id
 
 
 def _problem(description: str) -> dict[str, Any]:
@@ -92,54 +66,28 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
     return Response(dump_json(body), status_code=status, media_type=media, headers=headers)
 
 
-def _replay(stored: StoredResponse) -> Response:
-    headers = {"Idempotent-Replayed": "true"}
-    if stored.status == 503:
-        headers["Retry-After"] = str(stored.body.get("retry_after_s", 30))
-    return _json(stored.status, stored.body, headers)
+def _respond(answer: Answer) -> Response:
+    headers: dict[str, str] = {}
+    if answer.replayed:
+        headers["Idempotent-Replayed"] = "true"
+        if answer.status == 503:
+            headers["Retry-After"] = str(answer.body.get("retry_after_s", 30))
+    return _json(answer.status, answer.body, headers)
 
 
-async def _run_idempotently(
-    runtime: Runtime,
-    *,
-    request: Request,
-    merchant_id: str,
-    key: str | None,
-    new_resource_id: str,
-    action: Callable[[IdempotencyClaim | None], Awaitable[dict[str, Any]]],
-    operation: str,
-) -> Response:
+async def _idempotency(
+    runtime: Runtime, request: Request, key: str | None
+) -> IdempotencyKey | None:
     if key is None:
-        return _json(200, await action(None))
-    fingerprint = idempotency.request_fingerprint(
+        return None
+    body = await request.body()
+    fingerprint = request_fingerprint(
         secret=runtime.fingerprint_secret,
         method=request.method,
         path=request.url.path,
-        body=await request.json() if await request.body() else None,
+        body=await request.json() if body else None,
     )
-    outcome = await idempotency.claim_or_replay(
-        runtime.services,
-        merchant_id=merchant_id,
-        key=key,
-        fingerprint=fingerprint,
-        new_resource_id=new_resource_id,
-        render_error=render_error,
-    )
-    if isinstance(outcome, StoredResponse):
-        runtime.services.metrics.idempotent_replay(operation=operation)
-        return _replay(outcome)
-    try:
-        body = await action(outcome)
-    except BankUnavailable:
-        raise  # recorded with the claim: retries replay this answer
-    except PaymentServiceError:
-        # A refusal that changed nothing: forget the key so a corrected retry can run.
-        await asyncio.shield(idempotency.release(runtime.services, outcome))
-        raise
-    # Anything else (a crash, a cancelled request) may have happened after the bank said
-    # yes: the claim is left to expire, and the retry that takes it over reuses the same
-    # transaction id, which the bank deduplicates — never a second charge.
-    return _json(200, body)
+    return IdempotencyKey(key=key, fingerprint=fingerprint)
 
 
 @router.post(
@@ -158,7 +106,9 @@ async def process(
 ) -> Response:
     """Authorize and capture a card payment. Declines answer 200 with `status: declined`."""
     card = body.card_data
-    command = ProcessPayment(
+    answer = await process_payment(
+        runtime.services,
+        merchant=merchant,
         merchant_id=body.merchant_id,
         amount=body.money,
         payment_method=body.payment_method,
@@ -171,22 +121,10 @@ async def process(
         ),
         description=body.description,
         metadata=body.metadata,
+        correlation_id=correlation_id,
+        idempotency=await _idempotency(runtime, request, idempotency_key),
     )
-    return await _run_idempotently(
-        runtime,
-        request=request,
-        merchant_id=merchant.merchant_id,
-        key=idempotency_key,
-        new_resource_id=new_transaction_id(),
-        operation="payment",
-        action=lambda claim: process_payment(
-            runtime.services,
-            merchant=merchant,
-            command=command,
-            correlation_id=correlation_id,
-            claim=claim,
-        ),
-    )
+    return _respond(answer)
 
 
 @router.get(
@@ -207,14 +145,8 @@ async def read(
     transaction_id: str = TransactionIdPath,
 ) -> Response:
     """A payment with its refunds, oldest first."""
-    if not merchant.active:
-        raise MerchantInactive
-    return _json(
-        200,
-        await get_payment(
-            runtime.services, merchant=merchant, transaction_id=_known_shape(transaction_id)
-        ),
-    )
+    body = await get_payment(runtime.services, merchant=merchant, transaction_id=transaction_id)
+    return _json(200, body)
 
 
 @router.post(
@@ -232,32 +164,20 @@ async def refund(
     runtime: RuntimeDep,
     merchant: MerchantDep,
     correlation_id: CorrelationIdDep,
-    body: RefundRequestBody | None = None,
+    body: RefundRequest | None = None,
     transaction_id: str = TransactionIdPath,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Refund part (`amount`) or all (no `amount`) of what remains of a captured payment."""
-    if not merchant.active:
-        raise MerchantInactive
-    body = body or RefundRequestBody()
-    command = RefundPayment(
-        transaction_id=_known_shape(transaction_id),
-        amount=body.amount if not isinstance(body.amount, str) else None,
+    body = body or RefundRequest()
+    answer = await refund_payment(
+        runtime.services,
+        merchant=merchant,
+        transaction_id=transaction_id,
+        amount=body.amount_decimal,
         reason=body.reason,
         metadata=body.metadata,
+        correlation_id=correlation_id,
+        idempotency=await _idempotency(runtime, request, idempotency_key),
     )
-    return await _run_idempotently(
-        runtime,
-        request=request,
-        merchant_id=merchant.merchant_id,
-        key=idempotency_key,
-        new_resource_id=new_refund_id(),
-        operation="refund",
-        action=lambda claim: refund_payment(
-            runtime.services,
-            merchant=merchant,
-            command=command,
-            correlation_id=correlation_id,
-            claim=claim,
-        ),
-    )
+    return _respond(answer)

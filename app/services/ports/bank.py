@@ -1,10 +1,8 @@
-"""What the payment services need from a bank, whichever bank answers.
+"""The bank, as the use cases see it: ask it to move money.
 
-Two implementations: :class:`~app.adapters.bank.http.HttpBankGateway` talks HTTP to a
-real (or MockServer-simulated) bank behind a circuit breaker and retries;
-:class:`~app.adapters.bank.simulator.SimulatedBankGateway` answers in-process from the
-test-card table. Both raise :class:`~app.domain.errors.BankUnavailable` when no answer
-can be had, never a transport exception.
+Every call answers, or raises :class:`~app.domain.errors.BankUnavailable` when no answer
+can be had. Retries of one logical call reuse its idempotency key (the transaction or
+refund id), so the bank never acts twice on one attempt.
 """
 
 from __future__ import annotations
@@ -15,10 +13,11 @@ from typing import Protocol
 
 @dataclass(frozen=True, slots=True)
 class AuthorizationRequest:
-    """Ask the bank to authorize and capture an amount on a card.
+    """Ask the bank to authorize an amount on a card (and capture it unless ``capture``
+    is false).
 
-    ``transaction_id`` doubles as the bank-side idempotency key, so a retried call never
-    charges twice. The CVV lives only in this object, for the duration of the call.
+    ``transaction_id`` is the bank-side idempotency key. The card number and CVV live only
+    in this object, for the duration of the call.
     """
 
     transaction_id: str
@@ -31,6 +30,7 @@ class AuthorizationRequest:
     expiry_year: int
     cardholder_name: str = field(repr=False)
     correlation_id: str | None = None
+    capture: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +44,9 @@ class AuthorizationResult:
 
 
 @dataclass(frozen=True, slots=True)
-class RefundRequest:
-    """Ask the bank to return part or all of a captured amount."""
+class BankRefundRequest:
+    """Ask the bank to return part or all of a captured amount; ``refund_id`` is the
+    bank-side idempotency key."""
 
     refund_id: str
     transaction_id: str
@@ -68,11 +69,15 @@ class BankGateway(Protocol):
     """The bank as the service layer sees it."""
 
     async def authorize(self, request: AuthorizationRequest) -> AuthorizationResult:
-        """Authorize and capture; raises BankUnavailable when the bank cannot answer."""
+        """Authorize (and capture); a decline is an answer.
+
+        Raises:
+            BankUnavailable: No answer could be had.
+        """
         ...
 
-    async def refund(self, request: RefundRequest) -> RefundResult:
-        """Refund; raises BankUnavailable when the bank cannot answer."""
+    async def refund(self, request: BankRefundRequest) -> RefundResult:
+        """Refund; raises as :meth:`authorize` does."""
         ...
 
     @property

@@ -1,0 +1,71 @@
+"""The ports: what the use cases need from the outside world, as Protocols.
+
+Adapters (``app.adapters``) implement them; only the composition roots (``app.main``,
+``app.cli``) choose which. Nothing in ``app.services`` imports an adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from app.services.ports.bank import (
+    AuthorizationRequest,
+    AuthorizationResult,
+    BankGateway,
+    BankRefundRequest,
+    RefundResult,
+)
+from app.services.ports.messaging import (
+    EventPublisher,
+    Lease,
+    OutboxBacklog,
+    OutboxMessage,
+    OutboxOnlyPublisher,
+    OutboxRepository,
+)
+from app.services.ports.metrics import Metrics, NoMetrics
+from app.services.ports.storage import (
+    ApiKeyRepository,
+    AuditLog,
+    ConcurrentUpdate,
+    IdempotencyRecord,
+    IdempotencyRepository,
+    MerchantRepository,
+    PaymentQueries,
+    PaymentRepository,
+    RefundRepository,
+    UnitOfWork,
+)
+from app.services.ports.vault import CardVault
+
+Clock = Callable[[], datetime]
+"""The current time, timezone-aware in UTC."""
+
+__all__ = [
+    "ApiKeyRepository",
+    "AuditLog",
+    "AuthorizationRequest",
+    "AuthorizationResult",
+    "BankGateway",
+    "BankRefundRequest",
+    "CardVault",
+    "Clock",
+    "ConcurrentUpdate",
+    "EventPublisher",
+    "IdempotencyRecord",
+    "IdempotencyRepository",
+    "Lease",
+    "MerchantRepository",
+    "Metrics",
+    "NoMetrics",
+    "OutboxBacklog",
+    "OutboxMessage",
+    "OutboxOnlyPublisher",
+    "OutboxRepository",
+    "PaymentQueries",
+    "PaymentRepository",
+    "RefundRepository",
+    "RefundResult",
+    "UnitOfWork",
+]

@@ -1,0 +1,89 @@
+"""Business metrics, as the use cases and adapters report them (docs/observability.md)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Metrics(Protocol):
+    """Where the service counts what it does; every method must be cheap and never raise."""
+
+    @property
+    def enabled(self) -> bool:
+        """Whether anything is sent."""
+        ...
+
+    def payment_processed(
+        self,
+        *,
+        status: str,
+        currency: str,
+        amount_minor: int,
+        decline_code: str | None = None,
+        failure_code: str | None = None,
+    ) -> None:
+        """A payment reached a status."""
+        ...
+
+    def refund_processed(
+        self, *, status: str, currency: str, amount_minor: int, failure_code: str | None = None
+    ) -> None:
+        """A refund reached a status."""
+        ...
+
+    def idempotent_replay(self, *, operation: str) -> None:
+        """A request was answered with its stored response."""
+        ...
+
+    def bank_call(self, *, operation: str, outcome: str, seconds: float) -> None:
+        """One logical call to the bank finished (all its attempts)."""
+        ...
+
+    def circuit_state(self, state: str) -> None:
+        """The bank circuit is ``closed``, ``open`` or ``half_open``."""
+        ...
+
+    def outbox_backlog(self, *, pending: int, oldest_age_s: float) -> None:
+        """How many events wait for the broker, and for how long the oldest has."""
+        ...
+
+    def outbox_published(self, *, path: str, published: int, failed: int) -> None:
+        """A batch went to the broker: how many were acknowledged, how many failed."""
+        ...
+
+
+class NoMetrics:
+    """Metrics that go nowhere."""
+
+    enabled = False
+
+    def payment_processed(
+        self,
+        *,
+        status: str,
+        currency: str,
+        amount_minor: int,
+        decline_code: str | None = None,
+        failure_code: str | None = None,
+    ) -> None:
+        """Nothing is sent."""
+
+    def refund_processed(
+        self, *, status: str, currency: str, amount_minor: int, failure_code: str | None = None
+    ) -> None:
+        """Nothing is sent."""
+
+    def idempotent_replay(self, *, operation: str) -> None:
+        """Nothing is sent."""
+
+    def bank_call(self, *, operation: str, outcome: str, seconds: float) -> None:
+        """Nothing is sent."""
+
+    def circuit_state(self, state: str) -> None:
+        """Nothing is sent."""
+
+    def outbox_backlog(self, *, pending: int, oldest_age_s: float) -> None:
+        """Nothing is sent."""
+
+    def outbox_published(self, *, path: str, published: int, failed: int) -> None:
+        """Nothing is sent."""

@@ -377,3 +377,29 @@ def test_dockerignore_keeps_secrets_state_and_caches_out() -> None:
     entries = set((REPO / ".dockerignore").read_text().split())
     for needed in (".env", ".git", ".stack/", ".venv/", "**/__pycache__/", ".pytest_cache/"):
         assert needed in entries, needed
+
+
+def _lint_commands() -> list[str]:
+    """The tool invocations of ``make lint``, without the ``$(UV) run --frozen`` prefix."""
+    makefile = (REPO / "Makefile").read_text("utf-8")
+    recipe = makefile.split("\nlint:", 1)[1].split("\n\n", 1)[0]
+    return [
+        line.strip().removeprefix("@$(UV) run --frozen ")
+        for line in recipe.splitlines()[1:]
+        if line.strip().startswith("@$(UV) run --frozen ")
+    ]
+
+
+def test_the_pre_commit_hooks_run_what_make_lint_runs() -> None:
+    config = yaml.safe_load((REPO / ".pre-commit-config.yaml").read_text("utf-8"))
+    entries = [
+        hook["entry"].removeprefix("uv run --frozen ")
+        for repo in config["repos"]
+        for hook in repo["hooks"]
+    ]
+    commands = _lint_commands()
+    assert len(commands) == 4, commands
+    for command in commands:
+        tool_and_flags = command.split(" app", 1)[0]  # a hook receives the file names itself
+        assert any(entry.startswith(tool_and_flags) for entry in entries), (command, entries)
+    assert all(entry.split()[0] in {"ruff", "mypy", "lint-imports"} for entry in entries)

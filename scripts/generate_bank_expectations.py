@@ -5,6 +5,10 @@ bank's wire protocol (see ``app/adapters/bank/http.py``) exactly as
 :data:`app.domain.cards.TEST_CARDS` says, so the in-process simulator and MockServer never
 disagree. Edit the table, not the JSON.
 
+The status lookups (``GET /v1/authorizations/{id}``, ``GET /v1/refunds/{id}``) answer
+404 ``no_such_record`` by default, at the lowest priority; tests register the answer for
+the ids they create (``tests/mockserver_bank.py``).
+
 Usage::
 
     uv run python scripts/generate_bank_expectations.py            # rewrite the file
@@ -40,6 +44,11 @@ CARD_PRIORITY: Final = 10
 """Card-specific answers win over the default approval (MockServer: higher wins)."""
 
 DEFAULT_PRIORITY: Final = 0
+
+LOOKUP_DEFAULT_PRIORITY: Final = -10
+"""The status lookups' default "no record" answer loses to anything a test registers."""
+
+NO_SUCH_RECORD: Final = {"error": "no_such_record"}
 
 DEFAULT_AUTHORIZATION_CODE: Final = "MOCK01"
 SLOW_AUTHORIZATION_CODE: Final = "SLOW01"
@@ -148,6 +157,16 @@ def build_expectations() -> list[dict[str, Any]]:
             ),
             "times": UNLIMITED,
         }
+    )
+    expectations.extend(
+        {
+            "id": f"bank-{kind}-status-no-record-default",
+            "priority": LOOKUP_DEFAULT_PRIORITY,
+            "httpRequest": {"method": "GET", "path": f"/v1/{kind}s/.*"},
+            "httpResponse": _json_response(404, NO_SUCH_RECORD),
+            "times": UNLIMITED,
+        }
+        for kind in ("authorization", "refund")
     )
     return expectations
 

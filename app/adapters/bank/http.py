@@ -2,36 +2,70 @@
 
 Wire protocol (ours; MockServer simulates it in development):
 
-- ``POST /v1/authorizations`` with the card and amount, ``Idempotency-Key: <transaction_id>``
-  → 200 ``{"status": "approved", "authorization_code": ...}`` or
-  200 ``{"status": "declined", "decline_code": ..., "decline_message": ...}``;
+- ``POST /v1/authorizations`` with the card, amount and ``capture`` (bool),
+  ``Idempotency-Key: <transaction_id>`` → 200 ``{"status": "approved",
+  "authorization_code": ...}`` or 200 ``{"status": "declined", "decline_code": ...,
+  "decline_message": ...}``;
 - ``POST /v1/refunds`` with ``Idempotency-Key: <refund_id>`` → 200
-  ``{"status": "succeeded", "reference": ...}``;
+  ``{"status": "succeeded", "reference": ...}`` or 200 ``{"status": "failed",
+  "failure_code": ..., "reference": ...}``;
+- ``GET /v1/authorizations/{transaction_id}`` (the status lookup) → 200 with the same body
+  the ``POST`` answered (approved or declined), or 404 ``{"error": "no_such_record"}`` when
+  the bank has no record of that transaction;
+- ``GET /v1/refunds/{refund_id}`` → 200 with the same body the refund ``POST`` answered,
+  or 404 ``{"error": "no_such_record"}`` when the bank has no record of that refund (a
+  404 without that body -- a wrong URL, a proxy's page -- is not an answer: unknown);
 - ``GET /health`` → 200.
 
-Any 5xx, timeout or connection failure is a *technical* failure: it is retried (safe,
-because the bank deduplicates on the ``Idempotency-Key``) and counted by the circuit
-breaker. A decline is a business answer and counts as a success. When no answer can be had
-the gateway raises :class:`~app.domain.errors.BankUnavailable`; transport exceptions never
-leave this module. Card number and CVV never appear in a log line or an exception.
+Every request carries ``X-Correlation-ID``. Ids in lookup paths are percent-encoded.
+
+How a logical call (all its attempts) ends:
+
+- an answer: an approval, a decline, a refund result, or a lookup's 404 "no record";
+- :class:`~app.domain.errors.BankUnavailable` when the bank **certainly did not receive**
+  the request: the circuit is open (nothing attempted), every attempt failed before the
+  request was sent (connection refused, DNS failure, connect or pool timeout), or the bank
+  answered 4xx (it refused the request itself and did nothing);
+- :class:`~app.services.ports.bank.BankAnswerUnknown` when **any** attempt may have
+  reached the bank and no usable answer came back: a read/write timeout after connecting
+  (``bank_timeout``), a 5xx (``processing_error``), the connection dropped after sending
+  (``connection_lost``), or an answer that is not the protocol, including values the
+  database could not store (``processing_error``).
+
+Timeouts, 5xx and connection failures are retried (safe: the bank deduplicates on the
+``Idempotency-Key``, the same on every attempt of one call); 4xx and malformed answers are
+not. The circuit breaker counts exactly one outcome per logical call, after its retries:
+a failure when the bank looked unwell (timeouts, 5xx, connection failures, malformed
+answers), a success when it answered (a decline and a "no record" are answers), and
+nothing for a 4xx rejection. Transport exceptions never leave this module, and card
+number and CVV never appear in a log line or an exception.
 
 The client is httpx (its API, timeouts and exceptions, and the tracer's httpx integration,
 which carries the trace context to the bank) over aiohttp's connection pool
 (``httpx-aiohttp``): httpx's own transport cost about 4 ms of CPU per call under
 concurrency on the reference machine, this one under 1 ms (see docs/performance.md).
+``httpx-aiohttp`` maps aiohttp's exceptions onto httpx's coarsely (a refused connection,
+a DNS failure, a pool timeout *and* a connection the server dropped after receiving the
+request all arrive as :class:`httpx.ConnectTimeout`), so :func:`_classify_transport_error`
+decides from the aiohttp exception it chains as ``__cause__``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import time
+import unicodedata
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
+from urllib.parse import quote
 
+import aiohttp
 import backoff
 import httpx
 from aiobreaker import CircuitBreaker, CircuitBreakerError, CircuitBreakerState
@@ -41,14 +75,14 @@ from httpx_aiohttp import AiohttpTransport
 
 from app.domain.cards import DECLINE_MESSAGES
 from app.domain.errors import BankUnavailable
-from app.services.ports import (
+from app.services.ports.bank import (
     AuthorizationRequest,
     AuthorizationResult,
+    BankAnswerUnknown,
     BankRefundRequest,
-    Metrics,
-    NoMetrics,
     RefundResult,
 )
+from app.services.ports.metrics import Metrics, NoMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -62,22 +96,47 @@ BACKOFF_FACTOR_S: Final = 0.1
 PING_TIMEOUT_S: Final = 1.0
 """A health probe should not hold a readiness check for longer than this."""
 
+# What the bank returns must fit the columns it is stored in; these mirror the column
+# sizes of transactions.authorization_code/decline_code/decline_message/failure_code and
+# refunds.bank_reference/failure_code (app/adapters/db/models.py).
+AUTHORIZATION_CODE_MAX_LENGTH: Final = 64
+DECLINE_CODE_MAX_LENGTH: Final = 64
+DECLINE_MESSAGE_MAX_LENGTH: Final = 255
+FAILURE_CODE_MAX_LENGTH: Final = 64
+BANK_REFERENCE_MAX_LENGTH: Final = 64
 
-class _BankTechnicalError(Exception):
-    """One attempt got no business answer (5xx, timeout, connection failure).
+REFUND_FAILED: Final = "refund_failed"
+"""A failed refund's ``failure_code`` when the bank gave none we can store."""
 
-    Retried, and counted by the circuit breaker. Carries no request data: the transport
-    exception (which holds the request body, card number included) is dropped here.
+# Control characters (PostgreSQL text refuses NUL) and lone surrogates (UTF-8 cannot
+# encode them; JSON can carry them as \\ud800 escapes).
+_UNSTORABLE_CATEGORIES: Final = frozenset({"Cc", "Cs"})
+
+
+class _AttemptFailedError(Exception):
+    """One attempt got no answer (5xx, timeout, connection failure): retried.
+
+    Carries no request data: the transport exception (which holds the request body, card
+    number included) is dropped before this is raised.
+
+    Attributes:
+        failure_code: ``bank_unreachable`` (not sent), ``bank_timeout``, ``connection_lost``
+            or ``processing_error``.
+        maybe_sent: Whether the request may have reached the bank.
+        status_code: The HTTP status, when the bank answered one.
     """
 
-    def __init__(self, failure_code: str, *, status_code: int | None = None) -> None:
+    def __init__(
+        self, failure_code: str, *, maybe_sent: bool, status_code: int | None = None
+    ) -> None:
         self.failure_code = failure_code
+        self.maybe_sent = maybe_sent
         self.status_code = status_code
         super().__init__(failure_code if status_code is None else f"{failure_code} ({status_code})")
 
 
 class _BankRejectedError(Exception):
-    """The bank refused the request itself (unexpected 4xx): neither retried nor counted."""
+    """The bank refused the request itself (4xx): not retried, not counted by the breaker."""
 
     def __init__(self, status_code: int) -> None:
         self.status_code = status_code
@@ -85,7 +144,11 @@ class _BankRejectedError(Exception):
 
 
 class _MalformedAnswerError(Exception):
-    """A 2xx answer that is not the JSON the protocol promises."""
+    """An answer that is not what the protocol promises, or that could not be stored."""
+
+
+class _BankUnwellError(Exception):
+    """Reported to the circuit breaker for a logical call that ended in a failure."""
 
 
 @dataclass(slots=True)
@@ -93,15 +156,21 @@ class _BankCall:
     """One logical call to the bank, across all its attempts."""
 
     operation: str
+    method: str
     path: str
     reference: str
-    payload: dict[str, Any] = field(repr=False)
     headers: dict[str, str] = field(repr=False)
+    payload: dict[str, Any] | None = field(default=None, repr=False)
+    no_record_is_an_answer: bool = False
     attempts: int = 0
+    maybe_sent: bool = False
+    """Whether any attempt so far may have reached the bank."""
+    unknown_code: str | None = None
+    """Failure code of the last attempt that may have reached the bank."""
 
 
 class HttpBankGateway:
-    """A :class:`~app.adapters.bank.base.BankGateway` that talks HTTP to the bank."""
+    """A :class:`~app.services.ports.bank.BankGateway` that talks HTTP to the bank."""
 
     def __init__(
         self,
@@ -124,7 +193,7 @@ class HttpBankGateway:
             connect_timeout_s: TCP connect timeout of one attempt.
             max_retries: Retries after the first attempt for technical failures.
             backoff_max_s: Upper bound of one wait between attempts (before jitter).
-            breaker_fail_max: Consecutive technical failures that open the circuit.
+            breaker_fail_max: Consecutive failed logical calls that open the circuit.
             breaker_reset_s: Seconds the circuit stays open before a trial call.
             max_connections: Size of the connection pool.
             transport: Replaces the network transport (tests use ``httpx.MockTransport``).
@@ -148,34 +217,37 @@ class HttpBankGateway:
         self._breaker = CircuitBreaker(
             fail_max=breaker_fail_max,
             timeout_duration=self._breaker_reset,
-            exclude=[_BankRejectedError],
             state_storage=self._breaker_storage,
             name="bank",
         )
         self._metrics: Metrics = NoMetrics()
         self._send_with_retries = backoff.on_exception(
             backoff.expo,
-            _BankTechnicalError,
+            _AttemptFailedError,
             max_tries=1 + max_retries,
             # backoff stops retrying once an attempt that started after max_time fails, so
             # a large BANK_MAX_RETRIES cannot hold a client for minutes.
             max_time=2 * timeout_s + backoff_max_s,
             jitter=backoff.full_jitter,
+            # Other calls opened the circuit meanwhile: stop adding load to an unwell bank.
+            giveup=self._circuit_opened_meanwhile,
             on_backoff=self._log_retry,
             logger=None,
             factor=BACKOFF_FACTOR_S,
             max_value=backoff_max_s,
-        )(self._send_through_breaker)
+        )(self._send_once)
 
     async def authorize(self, request: AuthorizationRequest) -> AuthorizationResult:
-        """Authorize and capture; a decline is an answer, not an error.
+        """Authorize (and capture unless ``request.capture`` is false); a decline is an answer.
 
         Raises:
-            BankUnavailable: When the bank gives no business answer after the retries,
-                or at once when the circuit is open.
+            BankUnavailable: The bank certainly did not receive the request (circuit open,
+                unreachable, or it refused the request with a 4xx).
+            BankAnswerUnknown: It may have, and no usable answer came back.
         """
         call = _BankCall(
             operation="authorization",
+            method="POST",
             path=AUTHORIZATIONS_PATH,
             reference=request.transaction_id,
             payload={
@@ -183,6 +255,7 @@ class HttpBankGateway:
                 "merchant_id": request.merchant_id,
                 "amount_minor": request.amount_minor,
                 "currency": request.currency,
+                "capture": request.capture,
                 "card": {
                     "number": request.card_number,
                     "cvv": request.cvv,
@@ -191,23 +264,19 @@ class HttpBankGateway:
                     "holder_name": request.cardholder_name,
                 },
             },
-            headers=self._headers(request.transaction_id, request.correlation_id),
+            headers=self._headers(request.correlation_id, idempotency_key=request.transaction_id),
         )
-        answer = await self._call(call)
-        try:
-            return _authorization_result(answer)
-        except _MalformedAnswerError as exc:
-            raise self._malformed(call, str(exc)) from None
+        return self._answered(call, await self._call(call, _authorization_result))
 
     async def refund(self, request: BankRefundRequest) -> RefundResult:
-        """Refund an amount of a captured authorization.
+        """Refund an amount of a captured authorization; a failed refund is an answer.
 
         Raises:
-            BankUnavailable: When the bank gives no answer after the retries, or at once
-                when the circuit is open.
+            BankUnavailable | BankAnswerUnknown: As :meth:`authorize`.
         """
         call = _BankCall(
             operation="refund",
+            method="POST",
             path=REFUNDS_PATH,
             reference=request.refund_id,
             payload={
@@ -217,13 +286,45 @@ class HttpBankGateway:
                 "amount_minor": request.amount_minor,
                 "currency": request.currency,
             },
-            headers=self._headers(request.refund_id, request.correlation_id),
+            headers=self._headers(request.correlation_id, idempotency_key=request.refund_id),
         )
-        answer = await self._call(call)
-        try:
-            return _refund_result(answer)
-        except _MalformedAnswerError as exc:
-            raise self._malformed(call, str(exc)) from None
+        return self._answered(call, await self._call(call, _refund_result))
+
+    async def authorization_status(
+        self, transaction_id: str, *, correlation_id: str | None = None
+    ) -> AuthorizationResult | None:
+        """What the bank decided for an authorization; ``None`` when it has no record.
+
+        Raises:
+            BankUnavailable | BankAnswerUnknown: The bank could not say; ask again later.
+        """
+        call = _BankCall(
+            operation="authorization_status",
+            method="GET",
+            path=f"{AUTHORIZATIONS_PATH}/{quote(transaction_id, safe='')}",
+            reference=transaction_id,
+            headers=self._headers(correlation_id),
+            no_record_is_an_answer=True,
+        )
+        return await self._call(call, _authorization_result)
+
+    async def refund_status(
+        self, refund_id: str, *, correlation_id: str | None = None
+    ) -> RefundResult | None:
+        """What the bank decided for a refund; ``None`` when it has no record.
+
+        Raises:
+            BankUnavailable | BankAnswerUnknown: The bank could not say; ask again later.
+        """
+        call = _BankCall(
+            operation="refund_status",
+            method="GET",
+            path=f"{REFUNDS_PATH}/{quote(refund_id, safe='')}",
+            reference=refund_id,
+            headers=self._headers(correlation_id),
+            no_record_is_an_answer=True,
+        )
+        return await self._call(call, _refund_result)
 
     def report_metrics_to(self, metrics: Metrics) -> None:
         """Report each call's latency and every circuit state change to ``metrics``."""
@@ -255,7 +356,7 @@ class HttpBankGateway:
                     min(PING_TIMEOUT_S, self._timeout_s), connect=self._connect_timeout_s
                 ),
             )
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             logger.info("bank health probe failed", extra={"error_type": type(exc).__name__})
             return False
         return response.status_code == httpx.codes.OK
@@ -264,16 +365,16 @@ class HttpBankGateway:
         """Close the connection pool."""
         await self._client.aclose()
 
-    # -- one call: retries around the breaker around one HTTP attempt --------------------
+    # -- one logical call: breaker gate, attempts with retries, one breaker outcome ------
 
-    async def _call(self, call: _BankCall) -> Mapping[str, Any]:
+    async def _call[T](self, call: _BankCall, parse: Callable[[dict[str, Any]], T]) -> T | None:
         started = time.perf_counter()
         outcome = "processing_error"
         try:
-            answer = await self._exchange(call)
-            outcome = "answered"
-            return answer
-        except BankUnavailable as exc:
+            result = await self._exchange(call, parse)
+            outcome = "answered" if result is not None else "no_record"
+            return result
+        except (BankUnavailable, BankAnswerUnknown) as exc:
             outcome = exc.failure_code or outcome
             raise
         finally:
@@ -281,63 +382,115 @@ class HttpBankGateway:
                 operation=call.operation, outcome=outcome, seconds=time.perf_counter() - started
             )
 
-    async def _exchange(self, call: _BankCall) -> Mapping[str, Any]:
+    def _answered[T](self, call: _BankCall, result: T | None) -> T:
+        if result is None:  # pragma: no cover - only lookups take a 404 as an answer
+            raise self._malformed(call, "no record")
+        return result
+
+    async def _exchange[T](self, call: _BankCall, parse: Callable[[dict[str, Any]], T]) -> T | None:
+        self._refuse_if_open(call)
         try:
             response = await self._send_with_retries(call)
-        except CircuitBreakerError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, _BankTechnicalError):
-                # This call's own failure tripped the breaker: report what happened to it.
-                raise self._unavailable(call, cause.failure_code, cause.status_code) from None
-            raise self._circuit_open(call) from None
-        except _BankTechnicalError as exc:
-            raise self._unavailable(call, exc.failure_code, exc.status_code) from None
+        except _AttemptFailedError as exc:
+            await self._record(healthy=False)
+            raise self._no_answer(call, exc.failure_code, exc.status_code) from None
         except _BankRejectedError as exc:
-            raise self._unavailable(call, "processing_error", exc.status_code) from None
-        answer: object = None
+            # The bank answered and said no: neither a sign of health nor of trouble.
+            raise self._no_answer(call, "processing_error", exc.status_code) from None
+        if response.status_code == httpx.codes.NOT_FOUND and _says_no_record(response):
+            await self._record(healthy=True)  # a lookup's answer: the bank has no record
+            return None
         try:
-            answer = response.json()
+            result = self._parse(response, parse)
+        except _MalformedAnswerError as exc:
+            problem = str(exc)
+        else:
+            await self._record(healthy=True)
+            return result
+        # Raised here, outside the except block: a JSONDecodeError carries the whole body.
+        await self._record(healthy=False)
+        raise self._malformed(call, problem)
+
+    @staticmethod
+    def _parse[T](response: httpx.Response, parse: Callable[[dict[str, Any]], T]) -> T:
+        if not response.is_success:
+            raise _MalformedAnswerError(f"unexpected HTTP status {response.status_code}")
+        try:
+            answer: object = response.json()
         except ValueError:
-            # Reported below, outside this block: a JSONDecodeError carries the whole body.
             answer = None
         if not isinstance(answer, dict):
-            raise self._malformed(call, "body is not a JSON object")
-        return answer
-
-    async def _send_through_breaker(self, call: _BankCall) -> httpx.Response:
-        response: httpx.Response = await self._breaker.call_async(self._send_once, call)
-        return response
+            raise _MalformedAnswerError("body is not a JSON object")
+        return parse(answer)
 
     async def _send_once(self, call: _BankCall) -> httpx.Response:
         call.attempts += 1
         # Failures are raised after the except blocks: an httpx exception holds the request,
         # card number included, and must not survive as the __context__ of ours.
-        failure_code: str | None = None
+        failure: tuple[str, bool] | None = None
         try:
-            response = await self._client.post(call.path, json=call.payload, headers=call.headers)
-        except httpx.ConnectTimeout:
-            # The request never reached the bank: as unreachable as a refused connection.
-            failure_code = "bank_unreachable"
-        except httpx.TimeoutException:
-            failure_code = "bank_timeout"
-        except httpx.TransportError:
-            failure_code = "bank_unreachable"
-        if failure_code is not None:
-            raise _BankTechnicalError(failure_code)
+            response = await self._client.request(
+                call.method, call.path, json=call.payload, headers=call.headers
+            )
+        except (httpx.HTTPError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            failure = _classify_transport_error(exc)
+        if failure is not None:
+            failure_code, maybe_sent = failure
+            raise self._attempt_failed(call, failure_code, maybe_sent=maybe_sent)
+        status = response.status_code
         if response.is_server_error:
-            raise _BankTechnicalError("processing_error", status_code=response.status_code)
-        if not response.is_success:
-            raise _BankRejectedError(response.status_code)
+            raise self._attempt_failed(
+                call, "processing_error", maybe_sent=True, status_code=status
+            )
+        if response.is_client_error and not (
+            status == httpx.codes.NOT_FOUND and call.no_record_is_an_answer
+        ):
+            raise _BankRejectedError(status)
         return response
+
+    @staticmethod
+    def _attempt_failed(
+        call: _BankCall, failure_code: str, *, maybe_sent: bool, status_code: int | None = None
+    ) -> _AttemptFailedError:
+        if maybe_sent:
+            call.maybe_sent = True
+            call.unknown_code = failure_code
+        return _AttemptFailedError(failure_code, maybe_sent=maybe_sent, status_code=status_code)
+
+    # -- the circuit breaker: one gate before, one outcome after each logical call -------
+
+    def _refuse_if_open(self, call: _BankCall) -> None:
+        if self._breaker.current_state is not CircuitBreakerState.OPEN:
+            return
+        if self._open_for_s() is not None:
+            raise self._circuit_open(call)
+        # The reset timeout has elapsed: this call is the trial.
+        self._breaker.half_open()
+
+    def _circuit_opened_meanwhile(self, _failure: Exception) -> bool:
+        return (
+            self._breaker.current_state is CircuitBreakerState.OPEN
+            and self._open_for_s() is not None
+        )
+
+    async def _record(self, *, healthy: bool) -> None:
+        """Count one logical call's outcome (aiobreaker: a success resets the count)."""
+        # _BankUnwellError is the failure we reported; CircuitBreakerError says it opened
+        # the circuit, or that other calls opened it while this one was in flight (then
+        # this outcome is not counted).
+        with contextlib.suppress(_BankUnwellError, CircuitBreakerError):
+            await self._breaker.call_async(_healthy if healthy else _unwell)
 
     # -- errors and logs (transaction/refund id, status code, attempt; never card data) ---
 
     @staticmethod
-    def _headers(idempotency_key: str, correlation_id: str | None) -> dict[str, str]:
-        return {
-            "Idempotency-Key": idempotency_key,
-            "X-Correlation-ID": correlation_id or str(uuid.uuid4()),
-        }
+    def _headers(
+        correlation_id: str | None, *, idempotency_key: str | None = None
+    ) -> dict[str, str]:
+        headers = {"X-Correlation-ID": correlation_id or str(uuid.uuid4())}
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
+        return headers
 
     @staticmethod
     def _log_retry(details: Any) -> None:
@@ -351,27 +504,36 @@ class HttpBankGateway:
                 "attempt": call.attempts,
                 "failure_code": getattr(failure, "failure_code", None),
                 "status_code": getattr(failure, "status_code", None),
+                "maybe_sent": getattr(failure, "maybe_sent", None),
                 "retry_in_s": round(details.get("wait", 0.0), 3),
             },
         )
 
-    def _unavailable(
+    def _no_answer(
         self, call: _BankCall, failure_code: str, status_code: int | None
-    ) -> BankUnavailable:
+    ) -> BankUnavailable | BankAnswerUnknown:
+        """The call ended without an answer: unknown if any attempt may have reached the bank."""
+        error: BankUnavailable | BankAnswerUnknown
+        if call.maybe_sent:
+            error = BankAnswerUnknown(call.unknown_code or failure_code)
+        else:
+            error = BankUnavailable(failure_code=failure_code)
         logger.error(
             "bank call failed",
             extra={
                 "bank_operation": call.operation,
                 "bank_reference": call.reference,
                 "attempt": call.attempts,
-                "failure_code": failure_code,
+                "failure_code": error.failure_code,
+                "last_failure_code": failure_code,
                 "status_code": status_code,
+                "bank_outcome": "unknown" if call.maybe_sent else "not_received",
                 "circuit": self.circuit_state,
             },
         )
-        return BankUnavailable(failure_code=failure_code)
+        return error
 
-    def _malformed(self, call: _BankCall, problem: str) -> BankUnavailable:
+    def _malformed(self, call: _BankCall, problem: str) -> BankAnswerUnknown:
         logger.error(
             "bank answer malformed",
             extra={
@@ -379,9 +541,10 @@ class HttpBankGateway:
                 "bank_reference": call.reference,
                 "attempt": call.attempts,
                 "problem": problem,
+                "bank_outcome": "unknown",
             },
         )
-        return BankUnavailable(failure_code="processing_error")
+        return BankAnswerUnknown("processing_error")
 
     def _circuit_open(self, call: _BankCall) -> BankUnavailable:
         remaining = self._open_for_s()
@@ -403,6 +566,54 @@ class HttpBankGateway:
         return remaining if remaining > 0 else None
 
 
+async def _healthy() -> None:
+    return None
+
+
+async def _unwell() -> None:
+    raise _BankUnwellError
+
+
+# aiohttp exceptions (chained by httpx-aiohttp as __cause__) raised before the request was
+# written: the bank certainly did not receive it. ClientConnectorError covers refused
+# connections, DNS failures and TLS handshake failures; ConnectionTimeoutError covers the
+# connect timeout and the wait for a pooled connection.
+_AIOHTTP_NOT_SENT: Final = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+
+# Without an aiohttp cause (another transport, or a test's httpx.MockTransport), httpx's
+# own classes say it: these are raised before the request is sent.
+_HTTPX_NOT_SENT: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+def _classify_transport_error(exc: BaseException) -> tuple[str, bool]:
+    """``(failure_code, maybe_sent)`` for an exception from one HTTP attempt.
+
+    Verified against MockServer through ``AiohttpTransport`` (httpx-aiohttp 0.2, aiohttp
+    3.14): a refused connection and a DNS failure arrive as ``httpx.ConnectTimeout`` from
+    ``ClientConnectorError``; a connect or pool timeout as ``httpx.ConnectTimeout`` from
+    ``ConnectionTimeoutError``; a read timeout as ``httpx.ReadTimeout`` from
+    ``SocketTimeoutError``; a connection dropped before the response as
+    ``httpx.ConnectTimeout`` from ``ServerDisconnectedError``; one dropped inside the body
+    as ``httpx.ReadError`` from ``ClientPayloadError``; bytes that are not HTTP as a bare
+    ``aiohttp.ClientResponseError``. Anything not known to be "not sent" counts as maybe
+    sent: the reconciler can settle an unknown outcome, nobody can undo a wrong "failed".
+    """
+    cause = exc if isinstance(exc, aiohttp.ClientError) else exc.__cause__
+    if isinstance(cause, aiohttp.ClientError):
+        if isinstance(cause, _AIOHTTP_NOT_SENT):
+            return "bank_unreachable", False
+        if isinstance(cause, aiohttp.ServerTimeoutError):
+            return "bank_timeout", True
+        if isinstance(cause, aiohttp.ClientResponseError):
+            return "processing_error", True  # the answer was not HTTP
+        return "connection_lost", True
+    if isinstance(exc, _HTTPX_NOT_SENT):
+        return "bank_unreachable", False
+    if isinstance(exc, httpx.TimeoutException | TimeoutError | asyncio.TimeoutError):
+        return "bank_timeout", True
+    return "connection_lost", True
+
+
 _STATE_NAMES: Final = {
     CircuitBreakerState.CLOSED: "closed",
     CircuitBreakerState.OPEN: "open",
@@ -421,19 +632,47 @@ class _CircuitStateReporter(CircuitBreakerListener):  # type: ignore[misc]
         self._metrics.circuit_state(_STATE_NAMES.get(new.state, "closed"))
 
 
-def _authorization_result(answer: Mapping[str, Any]) -> AuthorizationResult:
+# -- answers: parse and make sure the database can store them --------------------------------
+
+
+def _storable(text: str) -> bool:
+    return not any(unicodedata.category(char) in _UNSTORABLE_CATEGORIES for char in text)
+
+
+def _without_unstorable(text: str) -> str:
+    return "".join(
+        char for char in text if unicodedata.category(char) not in _UNSTORABLE_CATEGORIES
+    )
+
+
+def _code(value: object, max_length: int) -> str | None:
+    """``value`` if it is a non-empty storable string of at most ``max_length``, else None."""
+    if isinstance(value, str) and value and len(value) <= max_length and _storable(value):
+        return value
+    return None
+
+
+def _cleaned(value: object, max_length: int) -> str | None:
+    """``value`` without unstorable characters, cut to ``max_length``; None if nothing is left."""
+    if not isinstance(value, str):
+        return None
+    cleaned = _without_unstorable(value)[:max_length]
+    return cleaned or None
+
+
+def _authorization_result(answer: dict[str, Any]) -> AuthorizationResult:
     status = answer.get("status")
     if status == "approved":
-        code = answer.get("authorization_code")
-        if not isinstance(code, str) or not code:
-            raise _MalformedAnswerError("approval without authorization_code")
+        code = _code(answer.get("authorization_code"), AUTHORIZATION_CODE_MAX_LENGTH)
+        if code is None:
+            raise _MalformedAnswerError("approval without a usable authorization_code")
         return AuthorizationResult(approved=True, authorization_code=code)
     if status == "declined":
-        decline_code = answer.get("decline_code")
-        if not isinstance(decline_code, str) or not decline_code:
-            raise _MalformedAnswerError("decline without decline_code")
-        message = answer.get("decline_message")
-        if not isinstance(message, str) or not message:
+        decline_code = _code(answer.get("decline_code"), DECLINE_CODE_MAX_LENGTH)
+        if decline_code is None:
+            raise _MalformedAnswerError("decline without a usable decline_code")
+        message = _cleaned(answer.get("decline_message"), DECLINE_MESSAGE_MAX_LENGTH)
+        if message is None:
             message = DECLINE_MESSAGES.get(decline_code, DECLINE_MESSAGES["card_declined"])
         return AuthorizationResult(
             approved=False, decline_code=decline_code, decline_message=message
@@ -441,18 +680,31 @@ def _authorization_result(answer: Mapping[str, Any]) -> AuthorizationResult:
     raise _MalformedAnswerError("unknown authorization status")
 
 
-def _refund_result(answer: Mapping[str, Any]) -> RefundResult:
+def _refund_result(answer: dict[str, Any]) -> RefundResult:
     status = answer.get("status")
-    reference = answer.get("reference")
+    reference = _cleaned(answer.get("reference"), BANK_REFERENCE_MAX_LENGTH)
     if status == "succeeded":
-        return RefundResult(
-            succeeded=True, bank_reference=reference if isinstance(reference, str) else None
-        )
+        return RefundResult(succeeded=True, bank_reference=reference)
     if status == "failed":
-        failure_code = answer.get("failure_code")
+        failure_code = _code(answer.get("failure_code"), FAILURE_CODE_MAX_LENGTH)
         return RefundResult(
-            succeeded=False,
-            bank_reference=reference if isinstance(reference, str) else None,
-            failure_code=failure_code if isinstance(failure_code, str) else "refund_failed",
+            succeeded=False, bank_reference=reference, failure_code=failure_code or REFUND_FAILED
         )
     raise _MalformedAnswerError("unknown refund status")
+
+
+NO_SUCH_RECORD: Final = "no_such_record"
+"""The ``error`` of a lookup's 404 that means "the bank has no record"."""
+
+
+def _says_no_record(response: httpx.Response) -> bool:
+    """Whether a 404 is the protocol's "no record", not a wrong URL or a proxy's page.
+
+    Only the bank's own answer may let the reconciler conclude that nothing happened: a
+    misrouted lookup must stay "unknown" (ask again), never become "failed".
+    """
+    try:
+        body: object = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("error") == NO_SUCH_RECORD

@@ -9,18 +9,24 @@ from __future__ import annotations
 
 import secrets
 import string
+from typing import Final
+
+from cachetools import LRUCache
 
 from app.domain.cards import DECLINE_MESSAGES, BankBehaviour, bank_behaviour_for
-from app.domain.errors import BankUnavailable
-from app.services.ports import (
+from app.services.ports.bank import (
     AuthorizationRequest,
     AuthorizationResult,
+    BankAnswerUnknown,
     BankRefundRequest,
     RefundResult,
 )
 
 AUTHORIZATION_CODE_ALPHABET = string.ascii_uppercase + string.digits
 AUTHORIZATION_CODE_LENGTH = 6
+
+MEMORY_ENTRIES: Final = 100_000
+"""Decisions remembered per kind (authorizations, refunds); the oldest-used go first."""
 
 
 def _authorization_code() -> str:
@@ -30,37 +36,77 @@ def _authorization_code() -> str:
 
 
 class SimulatedBankGateway:
-    """A :class:`~app.adapters.bank.base.BankGateway` that never leaves the process."""
+    """A :class:`~app.services.ports.bank.BankGateway` that never leaves the process.
+
+    Like a real bank it remembers what it decided, per transaction id and per refund id,
+    and is idempotent: authorizing or refunding the same id again returns the first
+    decision, and the status lookups answer from that memory (``None`` for an id it never
+    decided). The memory is bounded (``memory_entries`` per kind, least recently used
+    forgotten first) and **per process**: several workers or replicas running the
+    simulator do not share it, so a lookup served by another process finds no record.
+    """
+
+    def __init__(self, *, memory_entries: int = MEMORY_ENTRIES) -> None:
+        """Create a simulator with an empty memory of ``memory_entries`` per kind."""
+        self._authorizations: LRUCache[str, AuthorizationResult] = LRUCache(memory_entries)
+        self._refunds: LRUCache[str, RefundResult] = LRUCache(memory_entries)
 
     async def authorize(self, request: AuthorizationRequest) -> AuthorizationResult:
         """Answer as the test-card table says; any other valid number is approved.
 
         Raises:
-            BankUnavailable: ``processing_error`` for the error card, ``bank_timeout``
-                for the timeout card.
+            BankAnswerUnknown: ``processing_error`` for the error card (nothing is
+                recorded), ``bank_timeout`` for the timeout card (an approval is recorded,
+                so the lookup finds it approved).
         """
         card = bank_behaviour_for(request.card_number)
-        match card.behaviour:
-            case BankBehaviour.APPROVE:
-                return AuthorizationResult(approved=True, authorization_code=_authorization_code())
-            case BankBehaviour.DECLINE:
-                code = card.code or "card_declined"
-                return AuthorizationResult(
-                    approved=False,
-                    decline_code=code,
-                    decline_message=DECLINE_MESSAGES.get(code, DECLINE_MESSAGES["card_declined"]),
+        # The error and timeout cards fail on every attempt, as MockServer's do.
+        if card.behaviour is BankBehaviour.ERROR:
+            raise BankAnswerUnknown("processing_error")
+        if card.behaviour is BankBehaviour.TIMEOUT:
+            # The real bank approves this card but answers only after 10 s, so an HTTP
+            # client gives up with a timeout. Sleeping here would only slow every test and
+            # request that uses the card; the outcome the service sees is the same.
+            if request.transaction_id not in self._authorizations:
+                self._authorizations[request.transaction_id] = AuthorizationResult(
+                    approved=True, authorization_code=_authorization_code()
                 )
-            case BankBehaviour.ERROR:
-                raise BankUnavailable(failure_code="processing_error")
-            case BankBehaviour.TIMEOUT:
-                # The real bank answers this card only after 10 s, so an HTTP client gives
-                # up with a timeout. Sleeping here would only slow every test and request
-                # that uses the card; the outcome the service sees is the same.
-                raise BankUnavailable(failure_code="bank_timeout")
+            raise BankAnswerUnknown("bank_timeout")
+        decided = self._authorizations.get(request.transaction_id)
+        if decided is not None:
+            return decided
+        result: AuthorizationResult
+        if card.behaviour is BankBehaviour.DECLINE:
+            code = card.code or "card_declined"
+            result = AuthorizationResult(
+                approved=False,
+                decline_code=code,
+                decline_message=DECLINE_MESSAGES.get(code, DECLINE_MESSAGES["card_declined"]),
+            )
+        else:
+            result = AuthorizationResult(approved=True, authorization_code=_authorization_code())
+        self._authorizations[request.transaction_id] = result
+        return result
 
     async def refund(self, request: BankRefundRequest) -> RefundResult:
-        """Every refund succeeds, with a fresh bank reference."""
-        return RefundResult(succeeded=True, bank_reference=f"sim_{secrets.token_hex(8)}")
+        """Every refund succeeds, with a fresh bank reference; a repeated one is remembered."""
+        decided = self._refunds.get(request.refund_id)
+        if decided is None:
+            decided = RefundResult(succeeded=True, bank_reference=f"sim_{secrets.token_hex(8)}")
+            self._refunds[request.refund_id] = decided
+        return decided
+
+    async def authorization_status(
+        self, transaction_id: str, *, correlation_id: str | None = None
+    ) -> AuthorizationResult | None:
+        """What this process decided for ``transaction_id``; ``None`` if nothing."""
+        return self._authorizations.get(transaction_id)
+
+    async def refund_status(
+        self, refund_id: str, *, correlation_id: str | None = None
+    ) -> RefundResult | None:
+        """What this process decided for ``refund_id``; ``None`` if nothing."""
+        return self._refunds.get(refund_id)
 
     @property
     def circuit_state(self) -> str:

@@ -1,14 +1,35 @@
-"""The bank, as the use cases see it: ask it to move money.
+"""The bank, as the use cases see it: ask it to move money, and ask what it decided.
 
-Every call answers, or raises :class:`~app.domain.errors.BankUnavailable` when no answer
-can be had. Retries of one logical call reuse its idempotency key (the transaction or
-refund id), so the bank never acts twice on one attempt.
+Every call answers, or raises one of two exceptions, and the difference is money:
+
+- :class:`~app.domain.errors.BankUnavailable`: the bank **certainly did not receive**
+  the request (circuit open, connection refused, DNS failure, connect timeout, or the
+  bank refused the request itself). Nothing moved; the attempt can be recorded as failed.
+- :class:`BankAnswerUnknown`: the request **may have reached the bank** and no usable
+  answer came back (read timeout, a 5xx, the connection dropped after sending, an answer
+  that is not the protocol). Money may have moved; only the bank's status lookup can say.
+
+Retries of one logical call reuse its idempotency key (the transaction or refund id), so
+the bank never acts twice on one attempt.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Protocol
+
+
+class BankAnswerUnknown(Exception):  # noqa: N818 - the vocabulary of the port
+    """The request may have reached the bank, and no usable answer came back.
+
+    Attributes:
+        failure_code: Why: ``bank_timeout``, ``processing_error`` (a 5xx or a malformed
+            answer) or ``connection_lost``.
+    """
+
+    def __init__(self, failure_code: str) -> None:
+        self.failure_code = failure_code
+        super().__init__(failure_code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +93,29 @@ class BankGateway(Protocol):
         """Authorize (and capture); a decline is an answer.
 
         Raises:
-            BankUnavailable: No answer could be had.
+            BankUnavailable: The bank certainly did not receive the request.
+            BankAnswerUnknown: It may have, and no usable answer came back.
         """
         ...
 
     async def refund(self, request: BankRefundRequest) -> RefundResult:
         """Refund; raises as :meth:`authorize` does."""
+        ...
+
+    async def authorization_status(
+        self, transaction_id: str, *, correlation_id: str | None = None
+    ) -> AuthorizationResult | None:
+        """What the bank decided for an authorization; ``None`` when it has no record.
+
+        Raises:
+            BankUnavailable | BankAnswerUnknown: The bank could not say; ask again later.
+        """
+        ...
+
+    async def refund_status(
+        self, refund_id: str, *, correlation_id: str | None = None
+    ) -> RefundResult | None:
+        """What the bank decided for a refund; ``None`` when it has no record."""
         ...
 
     @property

@@ -1,4 +1,5 @@
-"""``payments-admin``: manage merchants and API keys (docs/api.md, "Authentication").
+"""``payments-admin``: manage merchants and API keys (docs/api.md, "Authentication"), and
+settle unknown bank outcomes on demand (docs/runbook.md).
 
 Reads the same configuration as the service (``DATABASE_URL``, ``.env``). Prints a
 generated key once; exits non-zero with a one-line message on any error.
@@ -18,6 +19,8 @@ from app.core.config import Settings, get_settings
 from app.domain.errors import PaymentServiceError
 from app.main import build_services
 from app.services import merchants
+from app.services.context import ServiceContext
+from app.services.reconciliation import ReconcileReport, reconcile_once
 
 DEFAULT_CURRENCIES = "USD,EUR,GBP,JPY"
 
@@ -41,7 +44,38 @@ def _parser() -> argparse.ArgumentParser:
 
     disable = commands.add_parser("disable-merchant", help="disable a merchant")
     disable.add_argument("merchant_id")
+
+    reconcile = commands.add_parser(
+        "reconcile",
+        help="settle payments and refunds whose bank answer is unknown, from the bank's "
+        "status lookup (every worker also does this on its own)",
+    )
+    reconcile.add_argument(
+        "--once", action="store_true", help="one round over what is due now, then exit"
+    )
     return parser
+
+
+def _describe(report: ReconcileReport) -> str:
+    settled = ", ".join(
+        f"{count} {kind} {outcome}" for (kind, outcome), count in sorted(report.settled.items())
+    )
+    return (
+        f"reconciled: {sum(report.settled.values())} settled"
+        + (f" ({settled})" if settled else "")
+        + f", {report.deferred} asked again later, {report.overdue} overdue"
+    )
+
+
+async def _reconcile(ctx: ServiceContext, *, once: bool, interval_s: float) -> str:
+    while True:
+        report = await reconcile_once(ctx)
+        line = _describe(report)
+        if once:
+            return line
+        if report.claimed:
+            print(line, flush=True)
+        await asyncio.sleep(interval_s)
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> str:
@@ -67,6 +101,13 @@ async def _run(args: argparse.Namespace, settings: Settings) -> str:
         if args.command == "revoke-key":
             merchant_id = await merchants.revoke_key(ctx, api_key=args.key, pepper=pepper)
             return f"revoked key of {merchant_id}"
+        if args.command == "reconcile":
+            if not settings.bank_api_url:
+                raise ValueError(
+                    "reconcile asks the bank's status lookup, and BANK_API_URL is not set: "
+                    "the in-process simulator only knows what its own process decided"
+                )
+            return await _reconcile(ctx, once=args.once, interval_s=settings.reconcile_interval_s)
         await merchants.disable_merchant(ctx, merchant_id=args.merchant_id)
         return f"disabled merchant {args.merchant_id}"
     finally:
@@ -91,6 +132,8 @@ def main(
     except (OSError, ValueError) as exc:
         print(f"payments-admin: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 

@@ -14,26 +14,32 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.adapters.bank import HttpBankGateway, build_bank_gateway
-from app.adapters.db.engine import build_engine, build_session_factory, ping
+from app.adapters.db.engine import (
+    build_engine,
+    build_session_factory,
+    database_unavailable,
+    ping,
+)
 from app.adapters.db.notifications import CacheInvalidationListener
 from app.adapters.db.queries import SqlPaymentQueries
 from app.adapters.db.unit_of_work import SqlUnitOfWork
 from app.adapters.messaging import KafkaMessaging, build_messaging
 from app.adapters.metrics import MetricsReporter, PaymentMetrics
 from app.adapters.vault import CardVault
-from app.api.deps import Runtime
+from app.api.deps import Runtime, drain_on_sigterm
 from app.api.middleware import (
     BodySizeLimitMiddleware,
     UnexpectedErrorMiddleware,
     correlation_middleware_options,
 )
-from app.api.problems import install_problem_handlers, render_error
+from app.api.problems import UnexpectedErrors, install_problem_handlers
 from app.api.routes import health, payments
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging, stop_log_writer
+from app.core.periodic import PeriodicTask
 from app.core.tracing import configure_tracing, log_tracing_state
 from app.services.auth import Authenticator
-from app.services.context import ServiceContext
+from app.services.context import ReconcilePolicy, RetentionPolicy, ServiceContext
 from app.services.ports import (
     BankGateway,
     EventPublisher,
@@ -42,6 +48,8 @@ from app.services.ports import (
     OutboxOnlyPublisher,
     UnitOfWork,
 )
+from app.services.reconciliation import reconcile_once
+from app.services.retention import purge_once
 
 logger = logging.getLogger("app")
 
@@ -87,8 +95,46 @@ def build_services(
         idempotency_lock=timedelta(seconds=settings.idempotency_lock_timeout_s),
         idempotency_keep=timedelta(seconds=settings.idempotency_ttl_s),
         metrics=metrics or NoMetrics(),
-        stored_error=render_error,
+        reconcile=reconcile_policy(settings),
+        retention=RetentionPolicy(
+            outbox_retention=timedelta(seconds=settings.outbox_retention_s),
+            batch_size=settings.purge_batch_size,
+        ),
     )
+
+
+def reconcile_policy(settings: Settings) -> ReconcilePolicy:
+    """The reconciler's windows, from settings."""
+    return ReconcilePolicy(
+        first_delay=timedelta(seconds=settings.reconcile_first_delay_s),
+        max_interval=timedelta(seconds=settings.reconcile_max_interval_s),
+        no_record_after=timedelta(seconds=settings.reconcile_no_record_after_s),
+        window=timedelta(seconds=settings.reconcile_window_s),
+        lease=timedelta(seconds=settings.reconcile_lease_s),
+        batch_size=settings.reconcile_batch_size,
+    )
+
+
+def background_tasks(settings: Settings, services: ServiceContext) -> list[PeriodicTask]:
+    """The reconciler and the purger, as every worker runs them (each can be turned off)."""
+    tasks: list[PeriodicTask] = []
+    if settings.reconciler_enabled:
+
+        async def reconcile() -> bool:
+            report = await reconcile_once(services)
+            return report.claimed >= services.reconcile.batch_size  # more may be due
+
+        tasks.append(
+            PeriodicTask("reconciler", reconcile, interval_s=settings.reconcile_interval_s)
+        )
+    if settings.purger_enabled:
+
+        async def purge() -> bool:
+            await purge_once(services)
+            return False
+
+        tasks.append(PeriodicTask("purger", purge, interval_s=settings.purge_interval_s))
+    return tasks
 
 
 @dataclass(slots=True)
@@ -99,6 +145,7 @@ class Wiring:
     runtime: Runtime
     kafka: KafkaMessaging | None
     metrics: PaymentMetrics
+    tasks: list[PeriodicTask]
 
 
 def build_wiring(settings: Settings) -> Wiring:
@@ -127,7 +174,13 @@ def build_wiring(settings: Settings) -> Wiring:
         ),
         fingerprint_secret=hashlib.sha256(b"idempotency:" + fingerprint_key).digest(),
     )
-    return Wiring(engine=engine, runtime=runtime, kafka=kafka, metrics=metrics)
+    return Wiring(
+        engine=engine,
+        runtime=runtime,
+        kafka=kafka,
+        metrics=metrics,
+        tasks=background_tasks(settings, services),
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -164,13 +217,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             wiring.metrics,
             bank=runtime.services.bank,
             uow_factory=runtime.services.uow_factory,
+            queries=runtime.services.queries,
             interval_s=settings.metrics_report_interval_s,
         )
         reporter.start()
+        for task in wiring.tasks:
+            task.start()
+        drain_on_sigterm(runtime)
         try:
             yield
         finally:
             runtime.draining = True
+            for task in wiring.tasks:
+                await task.stop()
             await reporter.stop()
             await listener.stop()
             if wiring.kafka is not None:
@@ -187,11 +246,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=API_DESCRIPTION,
         lifespan=lifespan,
     )
-    install_problem_handlers(app)
+    unexpected = UnexpectedErrors(
+        database_unavailable, retry_after_s=settings.db_unavailable_retry_after_s
+    )
+    install_problem_handlers(app, unexpected)
     app.include_router(health.router)
     app.include_router(payments.router)
     # Outermost last: correlation id first, then the body limit, then the 500 safety net.
-    app.add_middleware(UnexpectedErrorMiddleware)
+    app.add_middleware(UnexpectedErrorMiddleware, errors=unexpected)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(CorrelationIdMiddleware, **correlation_middleware_options())  # type: ignore[arg-type]
     return app

@@ -34,6 +34,7 @@ _SERVER_URL = os.environ.get("TEST_DATABASE_SERVER", "postgresql+asyncpg://payme
 _OWN_DATABASE = f"payments_test_{os.getpid()}"
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", f"{_SERVER_URL}/{_OWN_DATABASE}")
 TABLES = (
+    "auth_refusals",
     "audit_log",
     "outbox_events",
     "idempotency_keys",
@@ -58,6 +59,8 @@ def make_settings(**overrides: Any) -> Settings:
         # Independent of the shell: tracing and metrics are on only where a test asks.
         "tracing_enabled": False,
         "metrics_enabled": False,
+        # /health probes fresh on every call (tests/e2e/test_health.py covers the sharing).
+        "health_probe_cache_s": 0.0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

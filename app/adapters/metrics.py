@@ -11,7 +11,8 @@ once. Tags are bounded: statuses, currencies, decline and failure codes, operati
 never a transaction, refund or merchant id.
 
 :class:`MetricsReporter` is the background task, one per worker, that reports the gauges
-nobody's request would: the bank circuit state and the outbox backlog.
+nobody's request would: the bank circuit state, the outbox backlog and what waits for the
+reconciler.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from app.domain.money import exponent
 
 if TYPE_CHECKING:
     from app.core.config import Settings
-    from app.services.ports import BankGateway, UnitOfWork
+    from app.services.ports import BankGateway, PaymentQueries, UnitOfWork
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +132,37 @@ OUTBOX_PUBLISHED: Final = MetricSpec(
     "background relay) and whether Kafka acknowledged them (published, failed).",
 )
 
+RECONCILE_WAITING: Final = MetricSpec(
+    "reconciliation.waiting",
+    "gauge",
+    ("kind",),
+    "item",
+    "Payments (kind:payment) and refunds (kind:refund) whose bank answer is unknown, "
+    "waiting for the reconciler.",
+)
+RECONCILE_OLDEST_AGE: Final = MetricSpec(
+    "reconciliation.oldest_age_s",
+    "gauge",
+    (),
+    "second",
+    "Age of the oldest payment or refund waiting for the bank's answer; 0 when none.",
+)
+RECONCILE_SETTLED: Final = MetricSpec(
+    "reconciliation.settled",
+    "count",
+    ("kind", "outcome"),
+    "item",
+    "Items the reconciler settled from the bank's status lookup, by kind and the status "
+    "they reached (captured, declined, failed, succeeded, ...).",
+)
+RETENTION_PURGED: Final = MetricSpec(
+    "retention.purged",
+    "count",
+    ("table",),
+    "row",
+    "Rows deleted past their retention (idempotency_keys, outbox_events).",
+)
+
 CATALOGUE: Final[tuple[MetricSpec, ...]] = (
     PAYMENTS_PROCESSED,
     PAYMENTS_AMOUNT,
@@ -142,6 +174,10 @@ CATALOGUE: Final[tuple[MetricSpec, ...]] = (
     OUTBOX_PENDING,
     OUTBOX_OLDEST_AGE,
     OUTBOX_PUBLISHED,
+    RECONCILE_WAITING,
+    RECONCILE_OLDEST_AGE,
+    RECONCILE_SETTLED,
+    RETENTION_PURGED,
 )
 """Every metric the service emits, and nothing else."""
 
@@ -272,6 +308,27 @@ class PaymentMetrics:
         if failed:
             statsd.increment(OUTBOX_PUBLISHED.name, failed, tags=_tags(path=path, outcome="failed"))
 
+    def reconciliation_settled(self, *, kind: str, outcome: str, count: int) -> None:
+        """The reconciler settled ``count`` items of ``kind`` with this outcome."""
+        if self._statsd is not None:
+            self._statsd.increment(
+                RECONCILE_SETTLED.name, count, tags=_tags(kind=kind, outcome=outcome)
+            )
+
+    def reconciliation_backlog(self, *, payments: int, refunds: int, oldest_age_s: float) -> None:
+        """How many items wait for the bank's answer, and for how long the oldest has."""
+        statsd = self._statsd
+        if statsd is None:
+            return
+        statsd.gauge(RECONCILE_WAITING.name, payments, tags=_tags(kind="payment"))
+        statsd.gauge(RECONCILE_WAITING.name, refunds, tags=_tags(kind="refund"))
+        statsd.gauge(RECONCILE_OLDEST_AGE.name, round(oldest_age_s, 3))
+
+    def purged(self, *, table: str, rows: int) -> None:
+        """Rows past their retention were deleted."""
+        if self._statsd is not None:
+            self._statsd.increment(RETENTION_PURGED.name, rows, tags=_tags(table=table))
+
     def close(self) -> None:
         """Flush and close the socket."""
         statsd, self._statsd = self._statsd, None
@@ -289,12 +346,14 @@ class MetricsReporter:
         *,
         bank: BankGateway,
         uow_factory: Callable[[], UnitOfWork],
+        queries: PaymentQueries,
         interval_s: float,
     ) -> None:
         """Configure the reporter; nothing runs until :meth:`start`."""
         self._metrics = metrics
         self._bank = bank
         self._uow_factory = uow_factory
+        self._queries = queries
         self._interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
 
@@ -318,6 +377,12 @@ class MetricsReporter:
             backlog = await uow.outbox.backlog()
         self._metrics.outbox_backlog(
             pending=backlog.pending, oldest_age_s=backlog.oldest_pending_age_s
+        )
+        unsettled = await self._queries.unsettled_backlog()
+        self._metrics.reconciliation_backlog(
+            payments=unsettled.payments,
+            refunds=unsettled.refunds,
+            oldest_age_s=unsettled.oldest_age_s,
         )
 
     async def _run(self) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Annotated
+from types import FrameType
+from typing import Annotated, Any
 
 from asgi_correlation_id.context import correlation_id
 from fastapi import Depends, Header, Request, Security
@@ -26,6 +29,33 @@ class Runtime:
     authenticator: Authenticator
     fingerprint_secret: bytes
     draining: bool = field(default=False)
+    health_probes: Any = field(default=None)
+    """/health's shared Kafka and bank probes, made on first use."""
+
+
+def drain_on_sigterm(runtime: Runtime) -> None:
+    """Say ``draining`` on ``/health/ready`` from the moment SIGTERM arrives.
+
+    The server's own handler (uvicorn's) still runs: it stops accepting and finishes the
+    requests in flight; this only flips the readiness answer first, so a load balancer
+    probing meanwhile takes the worker out at once. Only the main thread may set signal
+    handlers; elsewhere (an embedded app in tests) nothing is changed.
+    """
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm(signum: int, frame: FrameType | None) -> Any:
+            runtime.draining = True
+            if callable(previous):
+                return previous(signum, frame)
+            if previous == signal.SIG_DFL:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.raise_signal(signal.SIGTERM)
+            return None
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread
+        logging.getLogger(__name__).debug("SIGTERM handler left as it is (not the main thread)")
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -53,6 +83,7 @@ bearer_scheme = HTTPBearer(
 
 
 async def current_merchant(
+    request: Request,
     runtime: RuntimeDep,
     _documented: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
     authorization: Annotated[
@@ -61,7 +92,9 @@ async def current_merchant(
 ) -> Merchant:
     """The merchant behind the bearer key (401 otherwise)."""
     return await runtime.authenticator.authenticate(
-        authorization, correlation_id=correlation_id.get()
+        authorization,
+        correlation_id=correlation_id.get(),
+        source=request.client.host if request.client else "unknown",
     )
 
 

@@ -9,7 +9,7 @@ import uuid
 from asgi_correlation_id import CorrelationIdMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.problems import problem_body, problem_response
+from app.api.problems import UnexpectedErrors, problem_body, problem_response
 
 logger = logging.getLogger(__name__)
 
@@ -86,14 +86,16 @@ class BodySizeLimitMiddleware:
 
 
 class UnexpectedErrorMiddleware:
-    """Turns any unhandled exception into a logged 500 problem, inside the correlation scope.
+    """Turns any unhandled exception into a logged problem (503 when the database cannot be
+    reached, else 500), inside the correlation scope.
 
     Starlette's own last-resort handler sits outside every middleware, where the
     correlation id header would be lost; this one answers from inside it.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, errors: UnexpectedErrors | None = None) -> None:
         self.app = app
+        self.errors = errors or UnexpectedErrors()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -109,16 +111,18 @@ class UnexpectedErrorMiddleware:
 
         try:
             await self.app(scope, receive, tracking_send)
-        except Exception:
-            logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+        except Exception as exc:
             if started:
+                logger.exception(
+                    "unhandled error on %s %s after the response started",
+                    scope.get("method"),
+                    scope.get("path"),
+                )
                 raise
-            body = problem_body(
-                code="internal_error",
-                title="Internal server error",
-                detail="An unexpected error occurred; it has been logged with the correlation id.",
+            response = self.errors.response(
+                exc, method=str(scope.get("method")), path=str(scope.get("path"))
             )
-            await problem_response(500, body)(scope, receive, send)
+            await response(scope, receive, send)
 
 
 __all__ = [

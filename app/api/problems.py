@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from asgi_correlation_id.context import correlation_id
@@ -12,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from app.core.jsoncodec import dump_json
-from app.domain.errors import BankUnavailable, PaymentServiceError
+from app.domain.errors import BankUnavailable, PaymentServiceError, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "payment_not_refundable": 409,
     "refund_exceeds_balance": 409,
     "bank_unavailable": 503,
+    "service_unavailable": 503,
     "idempotency_key_reused": 422,
     "idempotency_in_progress": 409,
     "invalid_transition": 409,
@@ -101,8 +103,8 @@ def problem_response(
 
 
 def retry_after_headers(body: dict[str, Any], error: PaymentServiceError | None) -> dict[str, str]:
-    """``Retry-After`` for bank outages."""
-    if isinstance(error, BankUnavailable):
+    """``Retry-After`` for bank and database outages."""
+    if isinstance(error, BankUnavailable | ServiceUnavailable):
         return {"Retry-After": str(error.retry_after_s)}
     if body.get("code") == "bank_unavailable":
         return {"Retry-After": str(body.get("retry_after_s", 30))}
@@ -167,19 +169,52 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
     return problem_response(exc.status_code, body, dict(exc.headers or {}))
 
 
-async def _on_unexpected(request: Request, exc: Exception) -> Response:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    body = problem_body(
-        code="internal_error",
-        title=_TITLES["internal_error"],
-        detail="An unexpected error occurred; it has been logged with the correlation id.",
-    )
-    return problem_response(500, body)
+UnavailablePredicate = Callable[[BaseException], bool]
+"""Says whether an exception means "the database cannot be reached" (503, retry)."""
 
 
-def install_problem_handlers(app: FastAPI) -> None:
+def _never(exc: BaseException) -> bool:
+    return False
+
+
+class UnexpectedErrors:
+    """Answers an exception no handler knows: 503 when it says the database is
+    unreachable (nothing was done; retry), else a 500; both logged with the correlation
+    id, neither carrying anything internal."""
+
+    def __init__(self, unavailable: UnavailablePredicate = _never, *, retry_after_s: int = 5):
+        self._unavailable = unavailable
+        self._retry_after_s = retry_after_s
+
+    def response(self, exc: BaseException, *, method: str, path: str) -> Response:
+        """Log ``exc`` and render its problem."""
+        if self._unavailable(exc):
+            logger.warning(
+                "database unavailable on %s %s: %s",
+                method,
+                path,
+                type(exc).__name__,
+                extra={"error_type": type(exc).__name__},
+            )
+            error = ServiceUnavailable(retry_after_s=self._retry_after_s)
+            status, body = render_error(error)
+            return problem_response(status, body, retry_after_headers(body, error))
+        logger.error("unhandled error on %s %s", method, path, exc_info=exc)
+        body = problem_body(
+            code="internal_error",
+            title=_TITLES["internal_error"],
+            detail="An unexpected error occurred; it has been logged with the correlation id.",
+        )
+        return problem_response(500, body)
+
+
+def install_problem_handlers(app: FastAPI, unexpected: UnexpectedErrors) -> None:
     """Map every error the app can raise to problem+json, once."""
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        return unexpected.response(exc, method=request.method, path=request.url.path)
+
     app.add_exception_handler(PaymentServiceError, _on_domain_error)
     app.add_exception_handler(RequestValidationError, _on_request_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
-    app.add_exception_handler(Exception, _on_unexpected)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -73,9 +73,47 @@ def _contains_nul(value: Any) -> bool:
 NoNul = StringConstraints(pattern=r"^[^\x00]*$")
 
 
+# PostgreSQL keeps a JSON number as ``numeric``: at most 131072 digits before the decimal
+# point and 16383 after it. A number outside that range would be refused by the database
+# after the bank was asked, so it is refused here, before anything is done.
+NUMERIC_MAX_INTEGER_DIGITS = 131072
+NUMERIC_MAX_FRACTION_DIGITS = 16383
+
+
+def _storable_number(value: Decimal | int) -> bool:
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, int):
+        return value == 0 or abs(value).bit_length() * 0.30103 < NUMERIC_MAX_INTEGER_DIGITS - 1
+    if not value.is_finite():
+        return False
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int)  # finite
+    return (
+        value.adjusted() < NUMERIC_MAX_INTEGER_DIGITS and -exponent <= NUMERIC_MAX_FRACTION_DIGITS
+    )
+
+
+def _unstorable_number(value: Any) -> bool:
+    if isinstance(value, Decimal | int):
+        return not _storable_number(value)
+    if isinstance(value, float):
+        return value != value or value in (float("inf"), float("-inf"))
+    if isinstance(value, dict):
+        return any(_unstorable_number(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_unstorable_number(v) for v in value)
+    return False
+
+
 def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
     if _contains_nul(value):
         raise ValueError("metadata must not contain NUL characters")
+    if _unstorable_number(value):
+        raise ValueError(
+            "metadata numbers must have at most 131072 digits before the decimal point "
+            "and 16383 after it"
+        )
     if len(value) > METADATA_MAX_KEYS:
         raise ValueError(f"metadata may have at most {METADATA_MAX_KEYS} keys")
     if len(dump_json(value).encode()) > METADATA_MAX_BYTES:
@@ -415,6 +453,12 @@ class HealthResponse(BaseModel):
                         "kafka": {"status": "up"},
                         "bank": {"status": "up", "circuit": "closed"},
                         "outbox": {"status": "up", "pending": 0, "oldest_pending_age_s": 0},
+                        "reconciliation": {
+                            "status": "up",
+                            "payments_processing": 0,
+                            "refunds_pending": 0,
+                            "oldest_age_s": 0,
+                        },
                     },
                 }
             ]

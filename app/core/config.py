@@ -80,6 +80,26 @@ class Settings(BaseSettings):
     outbox_relay_interval_s: float = Field(default=1.0, gt=0)
     outbox_batch_size: int = Field(default=100, ge=1, le=10_000)
 
+    # Reconciliation: payments and refunds whose bank answer is unknown are settled from
+    # the bank's status lookup (docs/runbook.md). Each window is a setting; tests shorten them.
+    reconciler_enabled: bool = True
+    reconcile_interval_s: float = Field(default=2.0, gt=0)
+    reconcile_first_delay_s: float = Field(default=10.0, gt=0)
+    reconcile_max_interval_s: float = Field(default=600.0, gt=0)
+    reconcile_no_record_after_s: float = Field(default=120.0, gt=0)
+    reconcile_window_s: float = Field(default=24 * 3600.0, gt=0)
+    reconcile_lease_s: float = Field(default=60.0, gt=0)
+    reconcile_batch_size: int = Field(default=20, ge=1, le=1000)
+    # /health says "degraded" once an item has waited this long for the bank's answer.
+    reconcile_alert_after_s: float = Field(default=900.0, gt=0)
+
+    # Retention (docs/deployment.md, "Housekeeping"): expired idempotency keys and
+    # published outbox events are deleted in small batches by every worker.
+    purger_enabled: bool = True
+    purge_interval_s: float = Field(default=60.0, gt=0)
+    purge_batch_size: int = Field(default=500, ge=1, le=100_000)
+    outbox_retention_s: float = Field(default=7 * 24 * 3600.0, ge=0)
+
     # Card vault: AES-256-GCM keys "kid:base64,kid:base64", the one used for new rows,
     # and the HMAC key for card fingerprints. Development material is refused in production.
     card_encryption_keys: SecretStr = SecretStr(DEVELOPMENT_KEYS_SPEC)
@@ -94,6 +114,11 @@ class Settings(BaseSettings):
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=24 * 3600)
     idempotency_lock_timeout_s: int = Field(default=60, ge=1)
     cache_ttl_s: float = Field(default=30.0, ge=0)
+    # /health's bank and Kafka probes are shared for this long: an unauthenticated caller
+    # cannot make the service hammer the bank through it.
+    health_probe_cache_s: float = Field(default=5.0, ge=0)
+    # Retry-After of a 503 service_unavailable (database unreachable, pool exhausted).
+    db_unavailable_retry_after_s: int = Field(default=5, ge=1)
 
     # Observability. ddtrace reads its own variables (DD_TRACE_AGENT_URL or DD_AGENT_HOST,
     # DD_DATA_STREAMS_ENABLED, DD_DBM_PROPAGATION_MODE, ...) from the process environment;
@@ -104,6 +129,34 @@ class Settings(BaseSettings):
     dogstatsd_port: int = Field(default=8125, alias="DD_DOGSTATSD_PORT")
     metrics_enabled: bool = False
     metrics_report_interval_s: float = Field(default=10.0, gt=0)
+
+    @property
+    def longest_bank_call_s(self) -> float:
+        """The longest one logical bank call can take, every retry and pause included."""
+        attempts = self.bank_max_retries + 1
+        return attempts * (self.bank_connect_timeout_s + self.bank_timeout_s) + (
+            self.bank_max_retries * self.bank_backoff_max_s
+        )
+
+    @model_validator(mode="after")
+    def _reconcile_only_after_the_request_gave_up(self) -> Self:
+        # "No record" may only mean "never received" once no request can still be sending
+        # it; and a claimed lookup must finish before its lease lets another claimer in.
+        longest = self.longest_bank_call_s
+        problems = []
+        if self.reconcile_no_record_after_s <= longest:
+            problems.append(
+                f"RECONCILE_NO_RECORD_AFTER_S ({self.reconcile_no_record_after_s:g}) must be "
+                f"longer than the longest bank call ({longest:g} s)"
+            )
+        if self.reconcile_lease_s <= longest:
+            problems.append(
+                f"RECONCILE_LEASE_S ({self.reconcile_lease_s:g}) must be longer than the "
+                f"longest bank call ({longest:g} s)"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @model_validator(mode="after")
     def _refuse_development_secrets_in_production(self) -> Self:

@@ -18,6 +18,8 @@ class AuditOutcome(StrEnum):
     SUCCESS = "success"
     FAILURE = "failure"
     DENIED = "denied"
+    PENDING = "pending"
+    """Recorded before its outcome is known (a payment or refund the bank is asked about)."""
 
 
 ADMIN_ACTOR: Final = "admin-cli"
@@ -25,6 +27,10 @@ ADMIN_ACTOR: Final = "admin-cli"
 
 ANONYMOUS_ACTOR: Final = "anonymous"
 """The actor of requests that presented no valid API key."""
+
+
+RECONCILER_ACTOR: Final = "reconciler"
+"""The actor of settlements the reconciler makes from the bank's status lookups."""
 
 
 def merchant_actor(merchant_id: str) -> str:

@@ -193,7 +193,10 @@ class RefundExceedsBalance(PaymentServiceError):
 
 
 class BankUnavailable(PaymentServiceError):
-    """The bank gave no answer: errors, timeouts, unreachable, or the circuit is open.
+    """The bank certainly did not receive the request: unreachable, or the circuit is open.
+
+    Nothing was charged or refunded; the attempt is recorded as failed and the client may
+    retry (with the same Idempotency-Key: such an answer is not remembered).
 
     Attributes:
         failure_code: One of :data:`BANK_FAILURE_CODES`.
@@ -203,8 +206,8 @@ class BankUnavailable(PaymentServiceError):
     code: ClassVar[str] = "bank_unavailable"
     title: ClassVar[str] = "Bank unavailable"
     default_detail: ClassVar[str] = (
-        "The bank gave no answer; the attempt is recorded as failed. "
-        "Retry later with a new Idempotency-Key."
+        "The bank could not be reached; nothing was charged and the attempt is recorded as "
+        "failed. Retry later; the same Idempotency-Key may be used."
     )
 
     def __init__(
@@ -242,6 +245,26 @@ class BankUnavailable(PaymentServiceError):
             retry_after_s=self.retry_after_s,
             extra={**self.extra, **resource_ids},
         )
+
+
+class ServiceUnavailable(PaymentServiceError):
+    """The database cannot be reached, or every pooled connection is busy: nothing was done.
+
+    Attributes:
+        retry_after_s: Seconds the client should wait before retrying.
+    """
+
+    code: ClassVar[str] = "service_unavailable"
+    title: ClassVar[str] = "Service unavailable"
+    default_detail: ClassVar[str] = (
+        "The service cannot reach its database right now; nothing was charged or changed. "
+        "Retry later; the same Idempotency-Key may be used."
+    )
+
+    def __init__(self, detail: str | None = None, *, retry_after_s: int = 5) -> None:
+        """Create the error; ``retry_after_s`` becomes ``Retry-After``."""
+        self.retry_after_s = retry_after_s
+        super().__init__(detail)
 
 
 class IdempotencyKeyReused(PaymentServiceError):

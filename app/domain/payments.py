@@ -119,6 +119,9 @@ REFUNDED_STATUSES: Final = frozenset({PaymentStatus.PARTIALLY_REFUNDED, PaymentS
 FINAL_STATUSES: Final = frozenset(status for status, nxt in PAYMENT_TRANSITIONS.items() if not nxt)
 """Statuses a payment never leaves."""
 
+BANK_NO_RECORD: Final = "bank_no_record"
+"""The failure code of an attempt the bank says it never received (found by the reconciler)."""
+
 AUTHORIZATION_CODE_MAX_LENGTH: Final = 64
 DECLINE_CODE_MAX_LENGTH: Final = 64
 DECLINE_MESSAGE_MAX_LENGTH: Final = 255

@@ -1,8 +1,10 @@
 """The whole payment state machine: processing, authorized, voided, expired; pending refunds.
 
 Only CHECK constraints change, and only to accept more statuses: each is dropped and
-re-added ``NOT VALID`` (a catalogue change under a brief lock), then validated, which
-scans the table under a SHARE UPDATE EXCLUSIVE lock that lets reads and writes go on.
+re-added ``NOT VALID`` in one short transaction (a catalogue change under a brief lock;
+new rows are checked from then on), and validated afterwards, each in its own
+transaction, scanning the table under a SHARE UPDATE EXCLUSIVE lock that lets reads and
+writes go on.
 
 Revision ID: 0003
 Revises: 0002
@@ -41,7 +43,21 @@ def _status_matches_refunds(unrefunded: str) -> str:
 def _replace_check(table: str, name: str, condition: str) -> None:
     op.execute(f"ALTER TABLE {table} DROP CONSTRAINT {name}")
     op.execute(f"ALTER TABLE {table} ADD CONSTRAINT {name} CHECK ({condition}) NOT VALID")
-    op.execute(f"ALTER TABLE {table} VALIDATE CONSTRAINT {name}")
+
+
+def _validate(*checks: tuple[str, str]) -> None:
+    # After the commit of the NOT VALID constraints: a VALIDATE inside that same
+    # transaction would scan the table while still holding its ACCESS EXCLUSIVE lock.
+    with op.get_context().autocommit_block():
+        for table, name in checks:
+            op.execute(f"ALTER TABLE {table} VALIDATE CONSTRAINT {name}")
+
+
+UPGRADED = (
+    ("transactions", "ck_transactions_status_valid"),
+    ("transactions", "ck_transactions_status_matches_refunds"),
+    ("refunds", "ck_refunds_status_valid"),
+)
 
 
 def upgrade() -> None:
@@ -56,6 +72,7 @@ def upgrade() -> None:
     _replace_check(
         "refunds", "ck_refunds_status_valid", "status IN ('pending', 'succeeded', 'failed')"
     )
+    _validate(*UPGRADED)
 
 
 def downgrade() -> None:
@@ -69,3 +86,4 @@ def downgrade() -> None:
     _replace_check(
         "transactions", "ck_transactions_status_valid", f"status IN ({OLD_PAYMENT_STATUSES})"
     )
+    _validate(*UPGRADED)

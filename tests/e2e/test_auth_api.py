@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -44,7 +46,7 @@ async def denied_audit_rows(engine: AsyncEngine) -> list[dict[str, Any]]:
         rows = await conn.execute(
             text(
                 "SELECT actor, action, outcome, correlation_id, details FROM audit_log "
-                "WHERE action = 'auth.authenticate' ORDER BY id"
+                "WHERE action = 'auth.authenticate' OR outcome = 'denied' ORDER BY id"
             )
         )
         return [dict(row._mapping) for row in rows]
@@ -95,25 +97,89 @@ async def test_the_bearer_scheme_is_case_insensitive(
     assert response.status_code == 200, response.text
 
 
-async def test_every_refused_authentication_is_audited(
+async def refusal_rows(engine: AsyncEngine, *sources: str) -> list[dict[str, Any]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT window_start, source, reason, attempts, first_seen_at, last_seen_at, "
+                "last_correlation_id, details FROM auth_refusals "
+                "WHERE source = ANY(:sources) ORDER BY source, reason"
+            ),
+            {"sources": list(sources)},
+        )
+        return [dict(row._mapping) for row in rows]
+
+
+async def wait_for_a_fresh_minute() -> None:
+    """Refusals are counted per minute: start far enough from the next one."""
+    into_minute = time.time() % 60
+    if into_minute > 50:
+        await asyncio.sleep(60.5 - into_minute)
+
+
+async def test_refused_authentications_are_counted_per_source_reason_and_minute(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
-    correlation_ids = [f"auth-refused-{n}" for n in range(3)]
-    for cid, authorization in zip(
-        correlation_ids, [None, "Basic abc", "Bearer sk_unknown_key_0000000000000"], strict=True
-    ):
-        headers = {"X-Correlation-ID": cid}
-        if authorization:
-            headers["Authorization"] = authorization
-        assert_unauthorized(
-            await client.get(payment_url("txn_00000000000000000000000000000abc"), headers=headers)
+    # Sources of this test only (documentation addresses, RFC 5737): the counts are not
+    # emptied between tests, and the default test client is 127.0.0.1.
+    knocker = f"203.0.113.{secrets.randbelow(254) + 1}"
+    neighbour = f"198.51.100.{secrets.randbelow(254) + 1}"
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("DELETE FROM auth_refusals WHERE source = ANY(:s)"), {"s": [knocker, neighbour]}
         )
+    unknown_keys = ["sk_unknown_key_0000000000000", "sk_another_unknown_key_1111111"]
+    attempts = [
+        ("malformed-0", None),
+        ("malformed-1", "Basic abc"),
+        ("unknown-0", f"Bearer {unknown_keys[0]}"),
+        ("malformed-2", "Bearer"),
+        ("unknown-1", f"Bearer {unknown_keys[1]}"),
+    ]
+    app = client.app  # type: ignore[attr-defined]
+    await wait_for_a_fresh_minute()
 
-    rows = await denied_audit_rows(engine)
+    for source, sent in ((knocker, attempts), (neighbour, attempts[:1])):
+        transport = httpx.ASGITransport(app=app, client=(source, 40_000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            for cid, authorization in sent:
+                headers = {"X-Correlation-ID": cid}
+                if authorization:
+                    headers["Authorization"] = authorization
+                assert_unauthorized(
+                    await http.get(
+                        payment_url("txn_00000000000000000000000000000abc"), headers=headers
+                    )
+                )
 
-    assert [row["correlation_id"] for row in rows] == correlation_ids
-    assert {row["outcome"] for row in rows} == {"denied"}
-    assert "sk_unknown_key_0000000000000" not in str(rows)
+    rows = await refusal_rows(engine, knocker, neighbour)
+
+    # One row per (minute, source, reason), however many attempts it counts.
+    assert [(r["source"], r["reason"], r["attempts"]) for r in rows] == [
+        (neighbour, "missing_or_malformed", 1),
+        (knocker, "missing_or_malformed", 3),
+        (knocker, "unknown_key", 2),
+    ]
+    by_reason = {r["reason"]: r for r in rows if r["source"] == knocker}
+    malformed, unknown = by_reason["missing_or_malformed"], by_reason["unknown_key"]
+    assert malformed["last_correlation_id"] == "malformed-2"
+    assert unknown["last_correlation_id"] == "unknown-1"
+    assert rows[0]["last_correlation_id"] == "malformed-0"
+    for row in rows:
+        window = row["window_start"]
+        assert (window.second, window.microsecond) == (0, 0)
+        assert window == malformed["window_start"]
+        assert window <= row["first_seen_at"] <= row["last_seen_at"] < window + timedelta(minutes=1)
+    assert malformed["first_seen_at"] < malformed["last_seen_at"]
+    # No key material beyond a six-character prefix (of the first unknown key of the
+    # minute, docs/api.md "Audit log"); none at all for a missing or malformed header.
+    assert malformed["details"] == {}
+    assert unknown["details"] == {"last_key_prefix": unknown_keys[-1][:6]}
+    for key in unknown_keys:
+        assert key not in str(rows)
+        assert key[:7] not in str(rows)
+    # Refusals are not rows of the audit log any more.
+    assert await denied_audit_rows(engine) == []
 
 
 async def test_body_merchant_must_be_the_keys_merchant(

@@ -1,8 +1,8 @@
 """The card number and CVV are never logged, stored in clear, or returned (docs/api.md).
 
-One scenario (a capture, a partial refund, a decline and a Luhn-invalid request) runs
-with every log line captured at DEBUG; then every log line, response and database row
-is searched for the card data that was sent.
+One scenario (a capture, a partial refund, a decline, a payment left processing by a bank
+error and a Luhn-invalid request) runs with every log line captured at DEBUG; then every
+log line, response and database row is searched for the card data that was sent.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ PROCESS = "/api/v1/payments/process"
 CAPTURED_CARD = "378282246310005"  # Amex: 4-digit CVV
 DECLINED_CARD = "4000000000009995"
 INVALID_CARD = "4242424242424241"
+BANK_ERROR_CARD = "4000000000000119"
 CVV = "7391"  # four digits, checked as a standalone token so timestamps cannot match it
 CVV_TOKEN = re.compile(rf"(?<![\w.:-]){CVV}(?![\w.:-])")
 CARD_FORMS = [
@@ -36,6 +37,7 @@ CARD_FORMS = [
     "3782-822463-10005",
     DECLINED_CARD,
     "4000 0000 0000 9995",
+    BANK_ERROR_CARD,
     INVALID_CARD,
     "4242 4242 4242 4241",
 ]
@@ -140,6 +142,14 @@ async def test_card_number_and_cvv_never_leave_the_request(
             headers=merchant.headers,
         )
     )
+    # The bank answers 500: logged as an unknown answer, recorded processing (202).
+    processing = transcript.record(
+        await client.post(
+            PROCESS,
+            json=payment_body(merchant.merchant_id, card_data=card(BANK_ERROR_CARD)),
+            headers=merchant.headers,
+        )
+    )
     invalid = transcript.record(
         await client.post(
             PROCESS,
@@ -152,6 +162,8 @@ async def test_card_number_and_cvv_never_leave_the_request(
     assert captured.status_code == 200, captured.text
     assert refunded.status_code == 200, refunded.text
     assert declined.json()["status"] == "declined"
+    assert processing.status_code == 202, processing.text
+    assert processing.json()["status"] == "processing"
     assert invalid.status_code == 422
     assert caplog.records, "nothing was logged at DEBUG: the capture is not working"
     assert json_log.getvalue(), "the JSON handler wrote nothing"
@@ -178,23 +190,24 @@ async def test_card_number_and_cvv_never_leave_the_request(
     assert stored["card_last4"] == "0005"
     assert stored["card_brand"] == "amex"
 
-    # The payment and its refund are audited with the request's correlation id.
+    # The payment and its refund are audited with the request's correlation id: recorded
+    # (pending) before the bank is asked, then settled with the bank's answer.
     audit = [json.loads(r) for r in rows["audit_log"]]
     refund_id = refunded.json()["refund_id"]
-    assert any(
-        a["action"] == "payment.process"
-        and a["resource_id"] == transaction_id
-        and a["outcome"] == "success"
-        and a["correlation_id"] == "leak-check-payment"
-        for a in audit
-    ), audit
-    assert any(
-        a["action"] == "refund.create"
-        and a["resource_id"] == refund_id
-        and a["outcome"] == "success"
-        and a["correlation_id"] == "leak-check-refund"
-        for a in audit
-    ), audit
+    steps = [
+        ("payment.process", transaction_id, "pending", "leak-check-payment"),
+        ("payment.settle", transaction_id, "success", "leak-check-payment"),
+        ("refund.create", refund_id, "pending", "leak-check-refund"),
+        ("refund.settle", refund_id, "success", "leak-check-refund"),
+    ]
+    for step in steps:
+        assert (
+            sum(
+                (a["action"], a["resource_id"], a["outcome"], a["correlation_id"]) == step
+                for a in audit
+            )
+            == 1
+        ), (step, audit)
 
 
 async def test_the_same_card_has_the_same_fingerprint_and_different_ciphertexts(

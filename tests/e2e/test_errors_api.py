@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import io
 import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -19,13 +21,22 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.api.routes import payments as payment_routes
 from app.core.config import Settings
 from app.core.logging import build_handler
-from app.domain.errors import ERROR_CODES
+from app.domain.errors import ERROR_CODES, BankUnavailable
+from app.main import create_app
 from app.services import merchants
+from app.services import payments as payment_services
 from app.services import refunds as refund_services
 from app.services.context import ServiceContext
 from app.services.idempotency import Claim
-from app.services.ports import AuthorizationRequest, AuthorizationResult, BankGateway
-from tests.conftest import MerchantCredentials, payment_body
+from app.services.ports import (
+    AuthorizationRequest,
+    AuthorizationResult,
+    BankGateway,
+    BankRefundRequest,
+    RefundResult,
+)
+from app.services.reconciliation import reconcile_once
+from tests.conftest import MerchantCredentials, make_settings, payment_body
 from tests.e2e.api_calls import PROCESS, assert_problem, pay, payment_url, refund, refund_url
 
 MAX_BODY = 64 * 1024
@@ -48,6 +59,7 @@ STATUS_BY_CODE = {
     "idempotency_key_reused": 422,
     "internal_error": 500,
     "bank_unavailable": 503,
+    "service_unavailable": 503,
 }
 # Codes of the admin CLI and of state-machine guards no API request can reach.
 NOT_FROM_THE_API = {"merchant_not_found", "api_key_not_found", "invalid_transition"}
@@ -56,6 +68,57 @@ NOT_FROM_THE_API = {"merchant_not_found", "api_key_not_found", "invalid_transiti
 async def count(engine: AsyncEngine, sql: str) -> int:
     async with engine.connect() as conn:
         return int(await conn.scalar(text(sql)) or 0)
+
+
+UNREACHABLE_DATABASE = "postgresql+asyncpg://payments@127.0.0.1:9/payments"
+"""Nothing listens on port 9 (discard): connecting is refused at once."""
+
+
+class UnreachableBank:
+    """A bank nobody can connect to: nothing it is asked ever reaches it."""
+
+    async def authorize(self, request: AuthorizationRequest) -> AuthorizationResult:
+        raise BankUnavailable(failure_code="bank_unreachable")
+
+    async def aclose(self) -> None:
+        return None
+
+    circuit_state = "closed"
+
+
+class CountingBank:
+    """The app's bank, counting what it is asked."""
+
+    def __init__(self, bank: BankGateway) -> None:
+        self._bank = bank
+        self.authorizations = 0
+        self.refunds = 0
+
+    async def authorize(self, request: AuthorizationRequest) -> AuthorizationResult:
+        self.authorizations += 1
+        return await self._bank.authorize(request)
+
+    async def refund(self, request: BankRefundRequest) -> RefundResult:
+        self.refunds += 1
+        return await self._bank.refund(request)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._bank, name)
+
+
+def counting_bank(client: httpx.AsyncClient) -> CountingBank:
+    runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    bank = CountingBank(runtime.services.bank)
+    runtime.services = dataclasses.replace(runtime.services, bank=bank)
+    return bank
+
+
+@contextlib.asynccontextmanager
+async def running(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            yield http
 
 
 class GatedBank:
@@ -154,7 +217,13 @@ async def produce(code: str, s: Scene) -> httpx.Response:
                 payment_url("txn_00000000000000000000000000000abc"), headers=merchant.headers
             )
         case "bank_unavailable":
-            return await pay(client, merchant, card_number="4000000000000903")
+            runtime = client.app.state.runtime  # type: ignore[attr-defined]
+            runtime.services = dataclasses.replace(runtime.services, bank=UnreachableBank())
+            return await pay(client, merchant)
+        case "service_unavailable":
+            settings = make_settings(database_url=UNREACHABLE_DATABASE, cache_ttl_s=0)
+            async with running(create_app(settings)) as down:
+                return await pay(down, merchant)
     raise AssertionError(f"no request produces {code}")
 
 
@@ -294,7 +363,7 @@ def assert_nothing_internal(response: httpx.Response) -> None:
         assert secret not in response.text
 
 
-async def test_an_unexpected_failure_is_a_500_that_keeps_nothing(
+async def test_an_unexpected_failure_before_the_bank_is_a_500_that_keeps_nothing(
     client: httpx.AsyncClient,
     merchant: MerchantCredentials,
     engine: AsyncEngine,
@@ -302,18 +371,19 @@ async def test_an_unexpected_failure_is_a_500_that_keeps_nothing(
     caplog: pytest.LogCaptureFixture,
     json_log: io.StringIO,
 ) -> None:
-    record = Claim.record
+    bank = counting_bank(client)
+    stage = Claim.stage
 
-    def record_then_fail(self: Claim, uow: Any, **kwargs: Any) -> None:
-        record(self, uow, **kwargs)
+    def stage_then_fail(self: Claim, ctx: Any, uow: Any, **kwargs: Any) -> None:
+        stage(self, ctx, uow, **kwargs)
 
         async def flush_then_fail() -> None:
-            await uow.flush()  # the payment's rows are in the database, not committed
+            await uow.flush()  # the record's rows are in the database, not committed
             raise RuntimeError(LEAKY_MESSAGE)
 
         uow.commit = flush_then_fail  # this unit of work only
 
-    monkeypatch.setattr(Claim, "record", record_then_fail)
+    monkeypatch.setattr(Claim, "stage", stage_then_fail)
     correlation_id = f"defect-{uuid.uuid4().hex[:8]}"
 
     response = await pay(
@@ -323,12 +393,9 @@ async def test_an_unexpected_failure_is_a_500_that_keeps_nothing(
     problem = assert_problem(response, 500, "internal_error")
     assert problem["correlation_id"] == correlation_id
     assert_nothing_internal(response)
-    for table in ("transactions", "outbox_events", "refunds"):
+    assert bank.authorizations == 0, "the bank was asked although nothing was recorded"
+    for table in ("transactions", "outbox_events", "refunds", "idempotency_keys"):
         assert await count(engine, f"SELECT count(*) FROM {table}") == 0, table
-    # No response was stored for the key: a retry can never replay a payment that was not kept.
-    assert (
-        await count(engine, "SELECT count(*) FROM idempotency_keys WHERE state = 'completed'") == 0
-    )
     assert (
         await count(engine, "SELECT count(*) FROM audit_log WHERE action = 'payment.process'") == 0
     )
@@ -338,27 +405,68 @@ async def test_an_unexpected_failure_is_a_500_that_keeps_nothing(
     assert any(line["correlation_id"] == correlation_id for line in logged), logged
 
 
-async def test_an_unexpected_failure_during_a_refund_changes_no_balance(
+async def test_an_outcome_that_cannot_be_written_answers_202_and_the_reconciler_settles_it(
+    client: httpx.AsyncClient,
+    merchant: MerchantCredentials,
+    engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bank = counting_bank(client)
+
+    async def database_lost(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionResetError("simulated: the database went away after the bank")
+
+    monkeypatch.setattr(payment_services, "settle_payment", database_lost)
+    response = await pay(client, merchant, key="lost-outcome")
+    monkeypatch.undo()
+
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["status"] == "processing"
+    assert bank.authorizations == 1  # the bank approved it: the record must not be lost
+    assert await count(engine, "SELECT count(*) FROM transactions WHERE status = 'processing'") == 1
+    assert any("could not be recorded" in r.getMessage() for r in caplog.records)
+
+    # The reconciler's next round (its first lookup is due RECONCILE_FIRST_DELAY_S later).
+    runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    later = datetime.now(UTC) + runtime.services.reconcile.first_delay + timedelta(seconds=1)
+    report = await reconcile_once(dataclasses.replace(runtime.services, clock=lambda: later))
+    assert report.settled == {("payment", "captured"): 1}
+    settled = await client.get(payment_url(body["transaction_id"]), headers=merchant.headers)
+    assert settled.json()["status"] == "captured"
+    # The key's first request stopped before storing an answer: a retry gets the outcome.
+    retried = await pay(client, merchant, key="lost-outcome")
+    assert retried.status_code == 409  # still within its lock: the first request may be running
+
+
+async def test_an_unexpected_failure_before_a_refund_reaches_the_bank_changes_no_balance(
     client: httpx.AsyncClient,
     merchant: MerchantCredentials,
     engine: AsyncEngine,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     txn = (await pay(client, merchant, amount="50.00")).json()["transaction_id"]
+    bank = counting_bank(client)
+    audit = refund_services.refund_audit
 
-    def broken_event(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError(LEAKY_MESSAGE)
+    def broken_reservation(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("action") == "refund.create":
+            raise RuntimeError(LEAKY_MESSAGE)
+        return audit(*args, **kwargs)
 
-    monkeypatch.setattr(refund_services, "refund_response", broken_event)
+    monkeypatch.setattr(refund_services, "refund_audit", broken_reservation)
 
     response = await refund(client, merchant, txn, "20.00")
 
     assert_problem(response, 500, "internal_error")
     assert_nothing_internal(response)
     monkeypatch.undo()
+    assert bank.refunds == 0
     payment = (await client.get(payment_url(txn), headers=merchant.headers)).json()
     assert payment["status"] == "captured"
     assert payment["refunded_amount"] == "0.00"
+    assert payment["refundable_amount"] == "50.00"  # nothing stays reserved
     assert payment["refunds"] == []
     assert await count(engine, "SELECT count(*) FROM refunds") == 0
     assert await count(engine, "SELECT count(*) FROM outbox_events") == 1  # the capture's only

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-from collections.abc import Callable
+import socket
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -12,14 +14,33 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.core.config import Settings
+from app.main import create_app
 from app.services.ports import AuthorizationRequest, AuthorizationResult, BankGateway
-from tests.conftest import MerchantCredentials, payment_body
+from tests.conftest import MerchantCredentials, make_settings, payment_body
 from tests.e2e.api_calls import PROCESS, assert_problem, pay, payment_url, refund
 
 
 async def count(engine: AsyncEngine, table: str) -> int:
     async with engine.connect() as conn:
         return int(await conn.scalar(text(f"SELECT count(*) FROM {table}")) or 0)
+
+
+def closed_port() -> int:
+    """A loopback port nobody listens on: connecting to it is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def running_app(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """Another instance of the real app, with these settings, on the same database."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            yield http
 
 
 class SlowBank:
@@ -253,20 +274,61 @@ async def test_a_refused_refund_is_not_remembered(
     assert "Idempotent-Replayed" not in fixed.headers
 
 
-async def test_bank_unavailable_is_replayed_with_the_same_failed_payment(
+async def test_bank_unavailable_is_not_remembered_and_a_retry_runs_again(
     client: httpx.AsyncClient, merchant: MerchantCredentials, engine: AsyncEngine
 ) -> None:
-    first = await pay(client, merchant, key="bank-down", card_number="4000000000000119")
-    again = await pay(client, merchant, key="bank-down", card_number="4000000000000119")
+    # A refused connection: the bank certainly never received the request, so the key is
+    # forgotten with the failed payment and the same request may simply be sent again.
+    unreachable = make_settings(
+        bank_api_url=f"http://127.0.0.1:{closed_port()}",
+        bank_timeout_s=0.2,
+        bank_connect_timeout_s=0.2,
+        bank_max_retries=1,
+        bank_backoff_max_s=0.05,
+    )
+    async with running_app(unreachable) as down:
+        first = await pay(down, merchant, key="bank-down")
+        again = await pay(down, merchant, key="bank-down")
 
     first_problem = assert_problem(first, 503, "bank_unavailable")
-    # The replay is the stored answer, the same problem to the letter: its correlation_id
-    # is the first request's, not the retry's X-Correlation-ID (docs/api.md, idempotency).
-    assert again.status_code == 503, again.text
-    assert again.headers["content-type"].startswith("application/problem+json")
-    assert again.json() == first_problem
+    again_problem = assert_problem(again, 503, "bank_unavailable")
+    assert int(first.headers["Retry-After"]) > 0
+    assert "Idempotent-Replayed" not in again.headers
+    # The retry ran again: a second attempt, a second failed payment.
+    assert again_problem["transaction_id"] != first_problem["transaction_id"]
+    for problem in (first_problem, again_problem):
+        stored = await client.get(payment_url(problem["transaction_id"]), headers=merchant.headers)
+        assert stored.json()["status"] == "failed"
+        assert stored.json()["failure_code"] == "bank_unreachable"
+    assert await count(engine, "transactions") == 2
+    assert await count(engine, "idempotency_keys") == 0
+
+    # Once the bank answers, the same request with the same key goes through.
+    recovered = await pay(client, merchant, key="bank-down")
+
+    assert recovered.status_code == 200, recovered.text
+    assert "Idempotent-Replayed" not in recovered.headers
+    assert recovered.json()["status"] == "captured"
+    assert recovered.json()["transaction_id"] not in {
+        first_problem["transaction_id"],
+        again_problem["transaction_id"],
+    }
+    assert await count(engine, "transactions") == 3
+
+
+async def test_an_unknown_bank_answer_is_remembered_and_replayed_as_202(
+    client: httpx.AsyncClient, merchant: MerchantCredentials, engine: AsyncEngine
+) -> None:
+    # The timeout card: the bank may have approved it, so a retry must not pay again.
+    first = await pay(client, merchant, key="bank-slow", card_number="4000000000000903")
+    again = await pay(client, merchant, key="bank-slow", card_number="4000000000000903")
+
+    assert first.status_code == 202, first.text
+    assert first.json()["status"] == "processing"
+    assert "Idempotent-Replayed" not in first.headers
+    assert again.status_code == 202, again.text
+    assert again.json() == first.json()
     assert again.headers["Idempotent-Replayed"] == "true"
-    assert int(again.headers["Retry-After"]) > 0
     assert await count(engine, "transactions") == 1
 
 

@@ -24,6 +24,31 @@ from tests.e2e.test_events_kafka import kafka_health_is, running_app
 from tests.integration.test_outbox_relay import KAFKA
 
 PAY = "/api/v1/payments/process"
+FAST_BANK_CALLS: dict[str, object] = {
+    "bank_timeout_s": 0.2,
+    "bank_connect_timeout_s": 0.2,
+    "bank_max_retries": 1,
+    "bank_backoff_max_s": 0.05,
+}
+FAST_RECONCILER: dict[str, object] = {
+    **FAST_BANK_CALLS,
+    "reconcile_first_delay_s": 0.2,
+    "reconcile_interval_s": 0.2,
+    "reconcile_max_interval_s": 0.5,
+    "reconcile_no_record_after_s": 1.0,
+    "reconcile_lease_s": 1.0,
+}
+SETTLE_WITHIN_S = 15.0
+
+
+def unreachable_bank() -> dict[str, object]:
+    """A bank on a loopback port nobody listens on: every connection is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    return {**FAST_BANK_CALLS, "bank_api_url": f"http://127.0.0.1:{port}"}
+
+
 CATALOGUED = {spec.full_name: spec for spec in CATALOGUE}
 STATSD_TYPES = {"c": "count", "g": "gauge", "d": "distribution"}
 
@@ -173,12 +198,14 @@ async def test_a_capture_a_decline_a_failure_and_a_refund_are_counted_with_their
     jpy = await statsd.wait_for(named("payments.amount", currency="JPY"), "JPY amount")
     assert jpy.value == 1000.0  # JPY has no minor unit
 
-    failed = await client.post(
-        PAY, json=payment_body(card_number="4000000000000119"), headers=merchant.headers
-    )
-    assert failed.status_code == 503
+    # A failure the request itself decides: the bank refused the connection (closed port).
+    async with running_app(metrics_settings(statsd, **unreachable_bank())) as down:
+        failed = await down.post(PAY, json=payment_body(), headers=merchant.headers)
+    assert failed.status_code == 503, failed.text
+    assert failed.json()["code"] == "bank_unavailable"
     failure = await statsd.wait_for(named("payments.processed", status="failed"), "failure")
-    assert failure.tags["failure_code"] == "processing_error"
+    assert failure.value == 1
+    assert failure.tags["failure_code"] == "bank_unreachable"
 
     txn = paid.json()["transaction_id"]
     refunded = await client.post(
@@ -192,6 +219,64 @@ async def test_a_capture_a_decline_a_failure_and_a_refund_are_counted_with_their
     assert refund_amount.value == pytest.approx(10.0)
 
     assert_catalogued_and_bounded(statsd.received, merchant.merchant_id, txn)
+
+
+async def test_a_processing_payment_is_counted_once_the_reconciler_settles_it(
+    merchant: MerchantCredentials, statsd: StatsdListener
+) -> None:
+    statsd.clear()
+    async with running_app(metrics_settings(statsd, **FAST_RECONCILER)) as http:
+        # The bank's answer is unknown (500, timeout): no outcome yet, nothing counted.
+        error = await http.post(
+            PAY, json=payment_body(card_number="4000000000000119"), headers=merchant.headers
+        )
+        timeout = await http.post(
+            PAY,
+            json=payment_body(card_number="4000000000000903", currency="EUR"),
+            headers=merchant.headers,
+        )
+        assert error.status_code == timeout.status_code == 202, (error.text, timeout.text)
+        waiting = await statsd.wait_for(
+            lambda m: named("reconciliation.waiting", kind="payment")(m) and m.value >= 1,
+            "payments waiting for the reconciler",
+        )
+        assert waiting.type == "gauge"
+        await statsd.wait_for(named("reconciliation.oldest_age_s"), "the oldest item's age")
+
+        # The lookup finds the timeout card approved; the error card has no record and,
+        # after RECONCILE_NO_RECORD_AFTER_S, fails.
+        captured = await statsd.wait_for(
+            named("payments.processed", status="captured", currency="EUR"),
+            "the reconciled capture",
+            timeout_s=SETTLE_WITHIN_S,
+        )
+        failed = await statsd.wait_for(
+            named("payments.processed", status="failed", currency="USD"),
+            "the reconciled failure",
+            timeout_s=SETTLE_WITHIN_S,
+        )
+        await statsd.wait_for(
+            named("reconciliation.settled", kind="payment", outcome="captured"),
+            "a settled capture",
+        )
+        await statsd.wait_for(
+            named("reconciliation.settled", kind="payment", outcome="failed"), "a settled failure"
+        )
+        await statsd.wait_for(
+            lambda m: named("reconciliation.waiting", kind="payment")(m) and m.value == 0,
+            "nothing left waiting",
+        )
+
+    assert captured.value == failed.value == 1
+    assert failed.tags["failure_code"] == "bank_no_record"
+    processed = [m for m in statsd.drain() if m.name == f"{PREFIX}.payments.processed"]
+    assert sorted(m.tags["status"] for m in processed) == ["captured", "failed"]
+    assert_catalogued_and_bounded(
+        statsd.received,
+        merchant.merchant_id,
+        error.json()["transaction_id"],
+        timeout.json()["transaction_id"],
+    )
 
 
 async def test_an_idempotent_replay_is_counted(
@@ -248,10 +333,12 @@ async def test_bank_latency_and_the_circuit_opening_are_reported(
         )
         assert 0 < latency.value < 10_000  # milliseconds
         for _ in range(2):
-            failed = await http.post(
+            # A 500 is an unknown answer (202, processing) and a sign the bank is unwell.
+            unknown = await http.post(
                 PAY, json=payment_body(card_number="4000000000000119"), headers=merchant.headers
             )
-            assert failed.status_code == 503
+            assert unknown.status_code == 202, unknown.text
+            assert unknown.json()["status"] == "processing"
         await statsd.wait_for(
             named("bank.latency", outcome="processing_error"), "a failed call's latency"
         )
@@ -261,7 +348,17 @@ async def test_bank_latency_and_the_circuit_opening_are_reported(
         assert opened.type == "gauge"
         refused = await http.post(PAY, json=payment_body(), headers=merchant.headers)
         assert refused.status_code == 503
+        assert refused.json()["code"] == "bank_unavailable"
         await statsd.wait_for(named("bank.latency", outcome="circuit_open"), "refused call")
+        failure = await statsd.wait_for(
+            named("payments.processed", status="failed"), "the refused payment's failure"
+        )
+        assert failure.tags["failure_code"] == "circuit_open"
+    # Counted: the approval and the refused payment; the two processing ones are not (yet).
+    statuses = [
+        m.tags["status"] for m in statsd.drain() if m.name == f"{PREFIX}.payments.processed"
+    ]
+    assert sorted(statuses) == ["captured", "failed"]
     assert_catalogued_and_bounded(statsd.received, merchant.merchant_id)
 
 

@@ -5,9 +5,13 @@ The bank is the in-process simulator, which answers from the test-card table.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import socket
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,9 +19,11 @@ import httpx
 import pytest
 import simplejson
 
+from app.core.config import Settings
 from app.domain.cards import TEST_CARDS, BankBehaviour, TestCard
+from app.main import create_app
 from app.services.ports import AuthorizationRequest, AuthorizationResult, BankGateway
-from tests.conftest import MerchantCredentials, payment_body
+from tests.conftest import MerchantCredentials, make_settings, payment_body
 from tests.e2e.api_calls import PROCESS, assert_problem, pay, payment_url, post_exact
 
 BRAND_BY_FIRST_DIGIT = {"4": "visa", "5": "mastercard", "3": "amex"}
@@ -75,6 +81,59 @@ def spy_on_bank(client: httpx.AsyncClient) -> BankSpy:
 
 def card_id(card: TestCard) -> str:
     return f"{card.number}-{card.code or card.behaviour}"
+
+
+FAST_BANK_CALLS: dict[str, Any] = {
+    "bank_timeout_s": 0.2,
+    "bank_connect_timeout_s": 0.2,
+    "bank_max_retries": 1,
+    "bank_backoff_max_s": 0.05,
+}
+"""A bank call given up on within a second (Settings.longest_bank_call_s is 0.85 s)."""
+
+FAST_RECONCILER: dict[str, Any] = {
+    **FAST_BANK_CALLS,
+    "reconcile_first_delay_s": 0.2,
+    "reconcile_interval_s": 0.2,
+    "reconcile_max_interval_s": 0.5,
+    "reconcile_no_record_after_s": 1.0,
+    "reconcile_lease_s": 1.0,
+}
+"""A reconciler that asks the bank within a second and gives up on "no record" after one."""
+
+SETTLE_WITHIN_S = 15.0
+
+
+def closed_port() -> int:
+    """A loopback port nobody listens on: connecting to it is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def running_app(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The real app (lifespan, reconciler and all) with these settings."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            yield http
+
+
+async def wait_until_settled(
+    client: httpx.AsyncClient, merchant: MerchantCredentials, transaction_id: str
+) -> dict[str, Any]:
+    """GET the payment until it is no longer processing (fails after SETTLE_WITHIN_S)."""
+    deadline = time.monotonic() + SETTLE_WITHIN_S
+    while True:
+        response = await client.get(payment_url(transaction_id), headers=merchant.headers)
+        assert response.status_code == 200, response.text
+        payment: dict[str, Any] = response.json()
+        if payment["status"] != "processing":
+            return payment
+        assert time.monotonic() < deadline, f"still processing after {SETTLE_WITHIN_S:g} s"
+        await asyncio.sleep(0.1)
 
 
 # --- the test-card table ----------------------------------------------------------------
@@ -138,20 +197,86 @@ async def test_declined_test_cards_answer_200_declined_with_their_code(
     [c for c in TEST_CARDS if c.behaviour in (BankBehaviour.ERROR, BankBehaviour.TIMEOUT)],
     ids=card_id,
 )
-async def test_bank_failures_answer_503_and_record_a_failed_payment(
+async def test_an_unknown_bank_answer_is_202_with_the_payment_processing(
     client: httpx.AsyncClient, merchant: MerchantCredentials, card: TestCard
 ) -> None:
+    # A 500 or a timeout may come after the bank received the request: the payment is
+    # neither captured nor failed until the reconciler has asked the bank.
     response = await pay(client, merchant, exact=True, card_number=card.number)
 
-    problem = assert_problem(response, 503, "bank_unavailable")
-    assert int(response.headers["Retry-After"]) > 0
-    transaction_id = problem["transaction_id"]
-    assert transaction_id.startswith("txn_")
-    stored = await client.get(payment_url(transaction_id), headers=merchant.headers)
+    assert response.status_code == 202, response.text
+    payment = response.json()
+    assert payment["transaction_id"].startswith("txn_")
+    assert payment["status"] == "processing"
+    assert payment["authorization_code"] is None
+    assert payment["decline_code"] is None
+    assert payment["failure_code"] is None
+    assert payment["refundable_amount"] == "0.00"
+    stored = await client.get(payment_url(payment["transaction_id"]), headers=merchant.headers)
+    assert stored.status_code == 200
+    assert stored.json()["status"] == "processing"
+
+
+async def test_an_unreachable_bank_answers_503_and_records_a_failed_payment(
+    migrated_database: str, create_merchant: Callable[..., Any]
+) -> None:
+    # A refused connection: the bank certainly never received the request.
+    settings = make_settings(bank_api_url=f"http://127.0.0.1:{closed_port()}", **FAST_BANK_CALLS)
+    merchant: MerchantCredentials = await create_merchant()
+    async with running_app(settings) as client:
+        response = await pay(client, merchant, exact=True)
+
+        problem = assert_problem(response, 503, "bank_unavailable")
+        assert int(response.headers["Retry-After"]) > 0
+        transaction_id = problem["transaction_id"]
+        assert transaction_id.startswith("txn_")
+        stored = await client.get(payment_url(transaction_id), headers=merchant.headers)
+
     assert stored.status_code == 200
     assert stored.json()["status"] == "failed"
-    assert stored.json()["failure_code"] == card.code
+    assert stored.json()["failure_code"] == "bank_unreachable"
     assert stored.json()["refundable_amount"] == "0.00"
+
+
+@pytest.mark.parametrize(
+    ("card_number", "settled"),
+    [
+        # The simulator approved the timeout card before "timing out": the lookup finds it.
+        ("4000000000000903", {"status": "captured", "failure_code": None}),
+        # The error card leaves no record: failed once "no record" has lasted long enough.
+        ("4000000000000119", {"status": "failed", "failure_code": "bank_no_record"}),
+    ],
+    ids=["timeout-card-captured", "error-card-no-record"],
+)
+async def test_the_reconciler_settles_a_processing_payment_from_the_bank(
+    migrated_database: str,
+    create_merchant: Callable[..., Any],
+    card_number: str,
+    settled: dict[str, Any],
+) -> None:
+    merchant: MerchantCredentials = await create_merchant()
+    async with running_app(make_settings(**FAST_RECONCILER)) as client:
+        response = await pay(client, merchant, exact=True, card_number=card_number)
+        assert response.status_code == 202, response.text
+        assert response.json()["status"] == "processing"
+
+        payment = await wait_until_settled(client, merchant, response.json()["transaction_id"])
+
+    assert {key: payment[key] for key in settled} == settled
+    if settled["status"] == "captured":
+        assert payment["authorization_code"]
+        assert payment["refundable_amount"] == payment["amount"]
+    else:
+        assert payment["authorization_code"] is None
+        assert payment["refundable_amount"] == "0.00"
+        # "No record" counts only once RECONCILE_NO_RECORD_AFTER_S has passed (earlier
+        # lookups are deferred): the request might still have been on its way.
+        waited = parse_time(payment["updated_at"]) - parse_time(payment["created_at"])
+        assert waited.total_seconds() >= FAST_RECONCILER["reconcile_no_record_after_s"]
+
+
+def parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 async def test_any_other_luhn_valid_number_is_captured_with_its_brand(
@@ -664,8 +789,12 @@ async def test_root_describes_the_service_without_authentication(
 async def test_deep_health_reports_each_dependency(
     client: httpx.AsyncClient, merchant: MerchantCredentials
 ) -> None:
-    # One event waits in the outbox: Kafka is not configured here.
-    await pay(client, merchant, exact=True)
+    # Two events wait in the outbox (Kafka is not configured here): a captured payment's
+    # and a processing one's, which waits for the reconciler (its first lookup is 10 s
+    # away with the default settings).
+    assert (await pay(client, merchant, exact=True)).status_code == 200
+    processing = await pay(client, merchant, exact=True, card_number="4000000000000903")
+    assert processing.status_code == 202, processing.text
 
     response = await client.get("/health")
 
@@ -674,14 +803,26 @@ async def test_deep_health_reports_each_dependency(
     assert body["status"] in ("healthy", "degraded")
     assert isinstance(body["version"], str)
     checks = body["checks"]
-    assert set(checks) == {"database", "kafka", "bank", "outbox"}
+    assert set(checks) == {"database", "kafka", "bank", "outbox", "reconciliation"}
     assert checks["database"]["status"] == "up"
     assert checks["database"]["latency_ms"] >= 0
     assert checks["kafka"]["status"] in ("up", "down", "disabled")
     assert checks["bank"] == {"status": "up", "circuit": "closed"}
     assert checks["outbox"]["status"] == "up"
-    assert checks["outbox"]["pending"] == 1
+    assert checks["outbox"]["pending"] == 2
     assert checks["outbox"]["oldest_pending_age_s"] >= 0
+    reconciliation = checks["reconciliation"]
+    assert set(reconciliation) == {
+        "status",
+        "payments_processing",
+        "refunds_pending",
+        "oldest_age_s",
+    }
+    # Younger than RECONCILE_ALERT_AFTER_S: waiting is not (yet) a problem.
+    assert reconciliation["status"] == "up"
+    assert reconciliation["payments_processing"] == 1
+    assert reconciliation["refunds_pending"] == 0
+    assert 0 <= reconciliation["oldest_age_s"] < 60
 
 
 async def test_liveness_and_readiness_answer_200_while_serving(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -13,7 +14,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import MerchantCredentials
+from app.main import create_app
+from tests.conftest import MerchantCredentials, make_settings
 from tests.e2e.api_calls import assert_problem, pay, payment_url, refund, refund_url
 
 
@@ -24,13 +26,21 @@ async def create_payment(
     currency: str = "USD",
     card_number: str = "4242 4242 4242 4242",
 ) -> dict[str, Any]:
-    """Pay and return the payment, or the problem of a failed one (503)."""
+    """Pay and return the payment (settled: 200, processing: 202), or the problem of a
+    failed one (503)."""
     response = await pay(
         client, merchant, amount=amount, currency=currency, card_number=card_number
     )
-    assert response.status_code in (200, 503), response.text
+    assert response.status_code in (200, 202, 503), response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+def closed_port() -> int:
+    """A loopback port nobody listens on: connecting to it is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 async def read(
@@ -129,15 +139,60 @@ async def test_declined_payment_is_not_refundable(
     assert_problem(response, 409, "payment_not_refundable")
 
 
-async def test_failed_payment_is_not_refundable(
-    client: httpx.AsyncClient, merchant: MerchantCredentials
-) -> None:
-    failed = await create_payment(client, merchant, card_number="4000000000000119")
-    assert failed["code"] == "bank_unavailable"
+async def refunds_of(engine: AsyncEngine, transaction_id: str) -> int:
+    async with engine.connect() as conn:
+        count = await conn.scalar(
+            text("SELECT count(*) FROM refunds WHERE transaction_id = :t"), {"t": transaction_id}
+        )
+    return int(count or 0)
 
-    response = await refund(client, merchant, failed["transaction_id"])
+
+async def test_failed_payment_is_not_refundable(
+    migrated_database: str,
+    create_merchant: Callable[..., Any],
+    engine: AsyncEngine,
+) -> None:
+    # Only a bank that certainly never received the request fails a payment at once: a
+    # refused connection (a closed port).
+    settings = make_settings(
+        bank_api_url=f"http://127.0.0.1:{closed_port()}",
+        bank_timeout_s=0.2,
+        bank_connect_timeout_s=0.2,
+        bank_max_retries=1,
+        bank_backoff_max_s=0.05,
+    )
+    merchant: MerchantCredentials = await create_merchant()
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            failed = await create_payment(client, merchant)
+            assert failed["code"] == "bank_unavailable"
+            assert (await read(client, merchant, failed["transaction_id"]))["status"] == "failed"
+
+            response = await refund(client, merchant, failed["transaction_id"])
 
     assert_problem(response, 409, "payment_not_refundable")
+    assert await refunds_of(engine, failed["transaction_id"]) == 0
+
+
+async def test_processing_payment_is_not_refundable_until_settled(
+    client: httpx.AsyncClient, merchant: MerchantCredentials, engine: AsyncEngine
+) -> None:
+    # The timeout card: the bank's answer is unknown, the payment processing (the
+    # reconciler's first lookup is 10 s away with the default settings).
+    processing = await create_payment(client, merchant, card_number="4000000000000903")
+    assert processing["status"] == "processing"
+
+    with_amount = await refund(client, merchant, processing["transaction_id"], "0.01")
+    without_amount = await refund(client, merchant, processing["transaction_id"])
+
+    assert_problem(with_amount, 409, "payment_not_refundable")
+    assert_problem(without_amount, 409, "payment_not_refundable")
+    assert await refunds_of(engine, processing["transaction_id"]) == 0
+    payment = await read(client, merchant, processing["transaction_id"])
+    assert payment["status"] == "processing"
+    assert payment["refunds"] == []
 
 
 async def test_fully_refunded_payment_is_not_refundable(

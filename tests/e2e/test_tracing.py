@@ -47,7 +47,7 @@ VERSION = "9.9.9-tracing-test"
 PAY = "/api/v1/payments/process"
 VISA = "4242 4242 4242 4242"
 DECLINED = "4000000000009995"  # insufficient_funds
-BANK_ERROR = "4000000000000119"  # the bank answers 5xx: processing_error
+BANK_ERROR = "4000000000000119"  # the bank answers 5xx: its answer is unknown
 CVV = "947"
 HOLDER = "Tracy Spanwell"
 
@@ -55,12 +55,14 @@ FLOW_STEPS = {
     "payment.process": [
         "payment.validate_merchant",
         "payment.vault",
+        "payment.record",  # the first write: nothing reaches the bank unrecorded
         "payment.authorize",
         "payment.persist",
         "payment.publish",
     ],
-    "refund.process": ["refund.lock", "refund.authorize", "refund.persist", "refund.publish"],
+    "refund.process": ["refund.reserve", "refund.authorize", "refund.persist", "refund.publish"],
 }
+"""The steps right under each flow span, in the order they start."""
 
 Span = dict[str, Any]
 
@@ -278,6 +280,11 @@ def root(trace: list[Span]) -> Span:
     return roots[0]
 
 
+def queries_under(trace: list[Span], step: str) -> list[Span]:
+    """The asyncpg query spans below the flow step ``step``."""
+    return [s for s in descendants(trace, one(trace, step)) if s["name"] == "postgres.query"]
+
+
 def has_span(name: str, **meta: str) -> Callable[[list[Span]], bool]:
     def matches(trace: list[Span]) -> bool:
         return any(
@@ -307,9 +314,11 @@ def assert_flow(trace: list[Span], flow: str) -> Span:
     assert request["service"] == SERVICE
     flow_span = one(trace, flow)
     assert request in ancestors(trace, flow_span)
-    step_names = [s["name"] for s in children(trace, flow_span)]
+    steps = sorted(children(trace, flow_span), key=lambda s: s["start"])
+    step_names = [s["name"] for s in steps]
     for step in FLOW_STEPS[flow]:
         assert step in step_names, f"{step} not under {flow}: {step_names}"
+    assert [n for n in step_names if n in FLOW_STEPS[flow]] == FLOW_STEPS[flow], step_names
     for span in [flow_span, *descendants(trace, flow_span)]:
         assert span["meta"].get("env") is not None or span["service"] != SERVICE
     assert flow_span["service"] == SERVICE
@@ -385,15 +394,17 @@ def test_payment_and_refund_are_traced_from_request_to_database(
     assert flow["meta"]["status"] == "captured"
     assert flow.get("error", 0) == 0
     assert one(payment_trace, "payment.authorize")["meta"]["approved"] == "true"
-    # asyncpg under the persist step, with the SQL (placeholders, no values) as resource.
-    queries = [
-        s
-        for s in descendants(payment_trace, one(payment_trace, "payment.persist"))
-        if s["name"] == "postgres.query"
-    ]
-    assert queries, "no asyncpg span under payment.persist"
-    assert any("INSERT INTO transactions" in s["resource"] for s in queries)
-    assert all(s["meta"]["component"] == "asyncpg" for s in queries)
+    # asyncpg under the record step (the payment inserted, processing, before the bank
+    # is asked) and under the persist step (its outcome written), with the SQL
+    # (placeholders, no values) as resource.
+    recorded = queries_under(payment_trace, "payment.record")
+    persisted = queries_under(payment_trace, "payment.persist")
+    assert recorded, "no asyncpg span under payment.record"
+    assert persisted, "no asyncpg span under payment.persist"
+    assert any("INSERT INTO transactions" in s["resource"] for s in recorded)
+    assert any("UPDATE transactions" in s["resource"] for s in persisted)
+    assert not any("INSERT INTO transactions" in s["resource"] for s in persisted)
+    assert all(s["meta"]["component"] == "asyncpg" for s in recorded + persisted)
 
     refund_trace = server.wait_for_trace(
         has_span("refund.process", transaction_id=txn), "refund.process"
@@ -403,25 +414,28 @@ def test_payment_and_refund_are_traced_from_request_to_database(
     assert refund_flow["meta"]["status"] == "succeeded"
     assert refund_flow["meta"]["currency"] == "USD"
     assert refund_flow["meta"]["refund_id"] == refunded.json()["refund_id"]
-    locked = [
-        s
-        for s in descendants(refund_trace, one(refund_trace, "refund.lock"))
-        if s["name"] == "postgres.query"
-    ]
-    assert any("FOR UPDATE" in s["resource"] for s in locked)
+    assert "refund.lock" not in {s["name"] for s in refund_trace}
+    # The reservation and the settlement each take the payment's row lock, in their own
+    # short transaction; the bank call between them holds none.
+    reserved = queries_under(refund_trace, "refund.reserve")
+    settled = queries_under(refund_trace, "refund.persist")
+    assert any("FOR UPDATE" in s["resource"] for s in reserved)
+    assert any("INSERT INTO refunds" in s["resource"] for s in reserved)
+    assert any("FOR UPDATE" in s["resource"] for s in settled)
+    assert queries_under(refund_trace, "refund.authorize") == []
 
     assert_no_card_data(server.traces(), *secrets_of(VISA))
 
 
-def test_a_decline_is_tagged_and_a_bank_failure_is_an_error(
+def test_a_decline_is_tagged_and_an_unknown_bank_answer_marks_the_bank_call(
     traced_server: Callable[..., TracedServer], merchant: MerchantCredentials
 ) -> None:
     server = traced_server()
     declined = pay(server, merchant, DECLINED)
     assert declined.json()["status"] == "declined"
-    failed = pay(server, merchant, BANK_ERROR)
-    assert failed.status_code == 503
-    failed_txn = failed.json()["transaction_id"]
+    unknown = pay(server, merchant, BANK_ERROR)
+    assert unknown.status_code == 202, unknown.text
+    unknown_txn = unknown.json()["transaction_id"]
 
     trace = server.wait_for_trace(
         has_span("payment.process", status="declined"), "a declined payment"
@@ -431,20 +445,56 @@ def test_a_decline_is_tagged_and_a_bank_failure_is_an_error(
     assert flow.get("error", 0) == 0
     assert one(trace, "payment.authorize")["meta"]["decline_code"] == "insufficient_funds"
 
+    # A 500 from the bank: the bank call is an error, but the request is not -- the
+    # payment is recorded processing and answered 202 (the reconciler settles it).
+    trace = server.wait_for_trace(
+        has_span("payment.process", transaction_id=unknown_txn), "a processing payment"
+    )
+    flow = assert_flow(trace, "payment.process")
+    assert flow["meta"]["status"] == "processing"
+    assert "failure_code" not in flow["meta"]
+    assert flow.get("error", 0) == 0
+    authorize = one(trace, "payment.authorize")
+    assert authorize["error"] == 1
+    assert authorize["meta"]["error.type"].endswith("BankAnswerUnknown")
+    assert one(trace, "payment.record").get("error", 0) == 0
+    assert one(trace, "payment.persist").get("error", 0) == 0  # recorded all the same
+    assert root(trace)["meta"]["http.status_code"] == "202"
+    assert root(trace).get("error", 0) == 0
+
+    assert_no_card_data(server.traces(), *secrets_of(DECLINED, BANK_ERROR))
+
+
+def test_a_bank_that_never_got_the_request_is_an_error(
+    traced_server: Callable[..., TracedServer], merchant: MerchantCredentials
+) -> None:
+    # A refused connection (a closed port): the payment fails at once, the answer is 503.
+    server = traced_server(
+        BANK_API_URL=f"http://127.0.0.1:{_free_port()}",
+        BANK_TIMEOUT_S="0.2",
+        BANK_CONNECT_TIMEOUT_S="0.2",
+        BANK_MAX_RETRIES="1",
+        BANK_BACKOFF_MAX_S="0.05",
+    )
+    failed = pay(server, merchant, VISA)
+    assert failed.status_code == 503, failed.text
+    failed_txn = failed.json()["transaction_id"]
+
     trace = server.wait_for_trace(
         has_span("payment.process", transaction_id=failed_txn), "a failed payment"
     )
     flow = assert_flow(trace, "payment.process")
     assert flow["meta"]["status"] == "failed"
-    assert flow["meta"]["failure_code"] == "processing_error"
+    assert flow["meta"]["failure_code"] == "bank_unreachable"
     assert flow["error"] == 1
     assert flow["meta"]["error.type"] == "app.domain.errors.BankUnavailable"
     assert one(trace, "payment.authorize")["error"] == 1
+    assert one(trace, "payment.record").get("error", 0) == 0
     assert one(trace, "payment.persist").get("error", 0) == 0  # recorded all the same
     assert root(trace)["meta"]["http.status_code"] == "503"
     assert root(trace)["error"] == 1  # what the API 5xx-rate monitor counts
 
-    assert_no_card_data(server.traces(), *secrets_of(DECLINED, BANK_ERROR))
+    assert_no_card_data(server.traces(), *secrets_of(VISA))
 
 
 def test_log_lines_carry_the_ids_of_the_trace_the_agent_received(

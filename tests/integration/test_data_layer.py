@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 import simplejson
@@ -27,6 +28,7 @@ from app.core.config import Settings
 from app.domain.audit import AuditEntry, AuditOutcome
 from app.domain.money import Money
 from app.domain.payments import PaymentStatus
+from app.services.ports import ConcurrentUpdate
 from tests.conftest import alembic_config
 from tests.factories import ApiKeyFactory, MerchantFactory, PaymentFactory, RefundFactory
 
@@ -155,28 +157,37 @@ async def test_refund_needs_an_existing_payment_and_a_positive_amount(
             await uow.flush()
 
 
+async def _claim(uow_factory: UowFactory, **claim: Any) -> None:
+    async with uow_factory() as uow:
+        uow.idempotency.claim(**claim)
+        await uow.commit()
+
+
 async def test_idempotency_key_is_unique_per_merchant(uow_factory: UowFactory) -> None:
     await _seed_merchant(uow_factory, "merchant_a")
     await _seed_merchant(uow_factory, "merchant_b")
     now = datetime.now(UTC)
     args = {
         "key": "same-key",
-        "request_fingerprint": "f" * 64,
+        "request_fingerprint": "v2:" + "f" * 64,
         "now": now,
         "lock_for": timedelta(seconds=60),
         "keep_for": timedelta(hours=24),
     }
+    await _claim(uow_factory, merchant_id="merchant_a", resource_id="txn_1", **args)
+    with pytest.raises(ConcurrentUpdate):
+        await _claim(uow_factory, merchant_id="merchant_a", resource_id="txn_2", **args)
+    await _claim(uow_factory, merchant_id="merchant_b", resource_id="txn_3", **args)
     async with uow_factory() as uow:
-        first = await uow.idempotency.claim(merchant_id="merchant_a", resource_id="txn_1", **args)
-        again = await uow.idempotency.claim(merchant_id="merchant_a", resource_id="txn_2", **args)
-        other = await uow.idempotency.claim(merchant_id="merchant_b", resource_id="txn_3", **args)
-        await uow.commit()
-    assert first == "txn_1"
-    assert again is None
-    assert other == "txn_3"
+        first = await uow.idempotency.get(merchant_id="merchant_a", key="same-key")
+        other = await uow.idempotency.get(merchant_id="merchant_b", key="same-key")
+    assert first is not None
+    assert other is not None
+    assert (first.resource_id, other.resource_id) == ("txn_1", "txn_3")
+    assert not first.completed
 
 
-async def test_stale_in_progress_claim_is_taken_over_with_its_resource_id(
+async def test_a_claim_never_takes_a_key_before_it_expires_and_takes_it_after(
     uow_factory: UowFactory,
 ) -> None:
     await _seed_merchant(uow_factory)
@@ -184,20 +195,70 @@ async def test_stale_in_progress_claim_is_taken_over_with_its_resource_id(
     common = {
         "merchant_id": "merchant_00000",
         "key": "crashed",
-        "request_fingerprint": "a" * 64,
+        "request_fingerprint": "v2:" + "a" * 64,
         "lock_for": timedelta(seconds=60),
-        "keep_for": timedelta(hours=24),
     }
-    async with uow_factory() as uow:
-        assert await uow.idempotency.claim(resource_id="txn_first", now=past, **common)
-        await uow.commit()
-    async with uow_factory() as uow:
-        taken = await uow.idempotency.claim(
-            resource_id="txn_second", now=datetime.now(UTC), **common
+    await _claim(
+        uow_factory, resource_id="txn_first", now=past, keep_for=timedelta(hours=24), **common
+    )
+    # Stale (past its lock) but kept: its attempt may be recorded, so it is not taken.
+    with pytest.raises(ConcurrentUpdate):
+        await _claim(
+            uow_factory,
+            resource_id="txn_second",
+            now=datetime.now(UTC),
+            keep_for=timedelta(hours=24),
+            **common,
         )
-        await uow.commit()
-    assert taken is not None
-    assert taken == "txn_first"  # the bank dedupes on it: no second charge
+    # Expired (past its retention, not yet purged): claimed afresh.
+    await _claim(
+        uow_factory,
+        resource_id="txn_old",
+        now=past,
+        keep_for=timedelta(minutes=1),
+        **{**common, "key": "expired"},
+    )
+    await _claim(
+        uow_factory,
+        resource_id="txn_new",
+        now=datetime.now(UTC),
+        keep_for=timedelta(hours=24),
+        **{**common, "key": "expired"},
+    )
+    async with uow_factory() as uow:
+        record = await uow.idempotency.get(merchant_id="merchant_00000", key="expired")
+    assert record is not None
+    assert record.resource_id == "txn_new"
+
+
+async def test_a_stale_claim_of_the_same_request_can_be_taken_over(
+    uow_factory: UowFactory,
+) -> None:
+    await _seed_merchant(uow_factory)
+    past = datetime.now(UTC) - timedelta(minutes=5)
+    fingerprint = "v2:" + "b" * 64
+    await _claim(
+        uow_factory,
+        merchant_id="merchant_00000",
+        key="stale",
+        request_fingerprint=fingerprint,
+        resource_id="txn_first",
+        now=past,
+        lock_for=timedelta(seconds=60),
+        keep_for=timedelta(hours=24),
+    )
+    async with uow_factory() as uow:
+        now = datetime.now(UTC)
+        other = await uow.idempotency.take_over(
+            merchant_id="merchant_00000", key="stale", request_fingerprint="v2:x", now=now
+        )
+        taken = await uow.idempotency.take_over(
+            merchant_id="merchant_00000", key="stale", request_fingerprint=fingerprint, now=now
+        )
+        again = await uow.idempotency.take_over(
+            merchant_id="merchant_00000", key="stale", request_fingerprint=fingerprint, now=now
+        )
+    assert (other, taken, again) == (False, True, False)
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,14 @@ from app.adapters.db.unit_of_work import SqlUnitOfWork
 from app.adapters.messaging import KafkaMessaging
 from app.domain.errors import BankUnavailable, RefundExceedsBalance
 from app.services.context import ServiceContext
-from app.services.ports import BankRefundRequest, OutboxMessage, RefundResult
+from app.services.ports import (
+    AuthorizationRequest,
+    AuthorizationResult,
+    BankAnswerUnknown,
+    BankRefundRequest,
+    OutboxMessage,
+    RefundResult,
+)
 from tests.integration.test_write_batch_statements import recorded_statements
 from tests.service_calls import pay, refund
 
@@ -232,10 +239,24 @@ def new_aggregates(n: int) -> list[str]:
 
 
 class RefundRefusingBank(SimulatedBankGateway):
-    """Approves payments like the simulator, but never answers a refund."""
+    """Approves payments like the simulator, but refuses every refund request itself."""
 
     async def refund(self, request: BankRefundRequest) -> RefundResult:
         raise BankUnavailable(failure_code="processing_error")
+
+
+class RefundTimingOutBank(SimulatedBankGateway):
+    """Approves payments like the simulator; a refund's answer never comes back."""
+
+    async def refund(self, request: BankRefundRequest) -> RefundResult:
+        raise BankAnswerUnknown("bank_timeout")
+
+
+class UnreachableBank(SimulatedBankGateway):
+    """A bank nobody can connect to: nothing it is asked ever reaches it."""
+
+    async def authorize(self, request: AuthorizationRequest) -> AuthorizationResult:
+        raise BankUnavailable(failure_code="bank_unreachable")
 
 
 class ProducerWhoseSendFails(AIOKafkaProducer):  # type: ignore[misc]
@@ -286,8 +307,12 @@ async def test_every_state_change_writes_exactly_one_event_of_its_type(
         await refund(ctx, txn, Decimal("500.00"), correlation_id=None)
     declined = await pay(ctx, "4000000000000002", correlation_id=None)
     with pytest.raises(BankUnavailable) as failed:
-        await pay(ctx, "4000000000000119", correlation_id=None)
+        await pay(dataclasses.replace(ctx, bank=UnreachableBank()), correlation_id=None)
     failed_txn = failed.value.extra["transaction_id"]
+    unknown = await pay(ctx, "4000000000000119", correlation_id=None)  # the bank answers 500
+    refund_unknown = await refund(
+        dataclasses.replace(ctx, bank=RefundTimingOutBank()), txn, Decimal("5.00")
+    )
 
     rows = await outbox_rows(uow_factory)
     by_txn: dict[str, list[str]] = defaultdict(list)
@@ -302,13 +327,16 @@ async def test_every_state_change_writes_exactly_one_event_of_its_type(
         }
         assert row.payload["event_id"] == str(row.event_id)
     assert dict(by_txn) == {
-        txn: ["payment.captured", "refund.succeeded", "refund.failed"],
+        txn: ["payment.captured", "refund.succeeded", "refund.failed", "refund.pending"],
         declined["transaction_id"]: ["payment.declined"],
         failed_txn: ["payment.failed"],
+        unknown["transaction_id"]: ["payment.processing"],
     }
     refund_rows = [r for r in rows if r.aggregate_id == txn][1:]
     assert refund_rows[0].payload["data"]["refunded_amount"] == "30.00"
     assert refund_rows[1].payload["data"]["failure_code"] == "processing_error"
+    assert refund_rows[2].payload["data"]["refund_id"] == refund_unknown["refund_id"]
+    assert refund_rows[2].payload["data"]["status"] == "pending"
 
 
 # -- how events are claimed -----------------------------------------------------------

@@ -23,7 +23,7 @@ from app.adapters.db.unit_of_work import SqlUnitOfWork
 from app.domain.audit import AuditEntry
 from app.domain.money import Money
 from app.domain.payments import Payment, PaymentStatus
-from app.services.ports import ConcurrentUpdate, OutboxMessage
+from app.services.ports import ConcurrentUpdate, OutboxMessage, StoredAnswer
 from tests.factories import MerchantFactory, PaymentFactory
 
 UowFactory = Callable[[], SqlUnitOfWork]
@@ -72,17 +72,16 @@ async def seed_merchant_and_claim(uow_factory: UowFactory, *, resource_id: str) 
         await uow.commit()
     now = datetime.now(UTC)
     async with uow_factory() as uow:
-        claimed = await uow.idempotency.claim(
+        uow.idempotency.claim(
             merchant_id=MERCHANT,
             key=KEY,
-            request_fingerprint="f" * 64,
+            request_fingerprint="v2:" + "f" * 64,
             resource_id=resource_id,
             now=now,
             lock_for=timedelta(seconds=60),
             keep_for=timedelta(hours=24),
         )
         await uow.commit()
-    assert claimed == resource_id
 
 
 def new_event(aggregate_id: str, *, event_id: uuid.UUID | None = None) -> OutboxMessage:
@@ -123,8 +122,7 @@ def stage_payment(
     uow.idempotency.complete(
         merchant_id=MERCHANT,
         key=KEY,
-        status=201,
-        body={"transaction_id": txn.transaction_id, "status": "captured"},
+        answer=StoredAnswer(201, {"transaction_id": txn.transaction_id, "status": "captured"}),
     )
 
 
@@ -429,6 +427,7 @@ def stage_payment_answer(uow: SqlUnitOfWork, txn: Payment) -> None:
     uow.idempotency.complete(
         merchant_id=MERCHANT,
         key=KEY,
-        status=201,
-        body={"transaction_id": txn.transaction_id, "status": txn.status.value},
+        answer=StoredAnswer(
+            201, {"transaction_id": txn.transaction_id, "status": txn.status.value}
+        ),
     )

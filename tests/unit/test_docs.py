@@ -191,7 +191,7 @@ def test_every_component_in_the_diagram_exists_in_the_code() -> None:
         "CacheInvalidationListener",
         "process_payment",
         "refund_payment",
-        "run_idempotently",
+        "reconcile_once",
     } <= named
     assert missing_code_names(components) == []
 

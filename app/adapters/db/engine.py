@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
+import sqlalchemy.exc
 from sqlalchemy import event, text
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
@@ -68,3 +70,43 @@ async def ping(engine: AsyncEngine) -> None:
     """One round trip to the database (``SELECT 1``); raises when it cannot be made."""
     async with engine.connect() as connection:
         await connection.execute(text("SELECT 1"))
+
+
+_UNREACHABLE = (
+    OSError,  # connection refused, reset, unreachable (asyncpg raises them as they are)
+    TimeoutError,  # connecting or a statement took longer than its timeout
+    asyncpg.exceptions.CannotConnectNowError,  # starting up or shutting down
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.ConnectionFailureError,
+)
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be reached (or no pooled connection is
+    free) rather than that a statement was wrong: a 503 to retry, not a 500.
+
+    Looks through SQLAlchemy's wrapping (``DBAPIError.orig``) and the exception chain.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sqlalchemy.exc.TimeoutError):
+            return True  # QueuePool: every connection is busy
+        if isinstance(current, sqlalchemy.exc.DBAPIError):
+            if current.connection_invalidated:
+                return True
+            if isinstance(current.orig, BaseException) and _unreachable(current.orig):
+                return True
+        elif _unreachable(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _unreachable(exc: BaseException) -> bool:
+    return isinstance(exc, _UNREACHABLE)

@@ -51,9 +51,7 @@ def payment_from_row(row: Row, refunds: Sequence[Refund] = ()) -> Payment:
         status=status,
         captured_minor=amount.minor if status in CAPTURED_STATUSES else 0,
         refunded_minor=row["refunded_minor"],
-        pending_refund_minor=sum(
-            r.amount.minor for r in refunds if r.status is RefundStatus.PENDING
-        ),
+        pending_refund_minor=row["refund_pending_minor"],
         authorization_code=row["authorization_code"],
         decline_code=row["decline_code"],
         decline_message=row["decline_message"],
@@ -94,6 +92,7 @@ def payment_state_values(payment: Payment) -> dict[str, Any]:
     return {
         "status": payment.status.value,
         "refunded_minor": payment.refunded_minor,
+        "refund_pending_minor": payment.pending_refund_minor,
         "authorization_code": payment.authorization_code,
         "decline_code": payment.decline_code,
         "decline_message": payment.decline_message,
@@ -114,7 +113,7 @@ def refund_from_row(row: Row) -> Refund:
         metadata=row["metadata"],
         correlation_id=row["correlation_id"],
         created_at=row["created_at"],
-        updated_at=row["created_at"],
+        updated_at=row["updated_at"],
         bank_reference=row["bank_reference"],
         failure_code=row["failure_code"],
     )
@@ -141,6 +140,7 @@ def refund_state_values(refund: Refund) -> dict[str, Any]:
         "status": refund.status.value,
         "bank_reference": refund.bank_reference,
         "failure_code": refund.failure_code,
+        "updated_at": refund.updated_at,
     }
 
 

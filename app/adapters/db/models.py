@@ -129,7 +129,16 @@ class PaymentRow(Base):
         ),
         CheckConstraint("card_exp_month BETWEEN 1 AND 12", name="card_exp_month_valid"),
         CheckConstraint("card_last4 ~ '^[0-9]{4}$'", name="card_last4_digits"),
+        CheckConstraint(
+            "refund_pending_minor >= 0 AND refunded_minor + refund_pending_minor <= amount_minor",
+            name="refunds_within_capture",
+        ),
         Index("ix_transactions_merchant_id_created_at", "merchant_id", text("created_at DESC")),
+        Index(
+            "ix_transactions_next_reconcile_at",
+            "next_reconcile_at",
+            postgresql_where=text("status = 'processing'"),
+        ),
         Index("ix_transactions_status", "status"),
         Index("ix_transactions_created_at", "created_at"),
         Index("ix_transactions_card_fingerprint", "card_fingerprint"),
@@ -141,6 +150,10 @@ class PaymentRow(Base):
     )
     amount_minor: Mapped[int] = mapped_column(BigInteger, nullable=False)
     refunded_minor: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    # What pending refunds have reserved: refunded + pending never exceeds the capture.
+    refund_pending_minor: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, server_default="0"
+    )
     currency: Mapped[str] = mapped_column(String(3), nullable=False)
     status: Mapped[str] = mapped_column(String(24), nullable=False)
     payment_method: Mapped[str] = mapped_column(String(16), nullable=False)
@@ -161,6 +174,9 @@ class PaymentRow(Base):
     correlation_id: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
+    # While processing: when the reconciler next asks the bank, and how often it has.
+    next_reconcile_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    reconcile_attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
 
     refunds: Mapped[list[RefundRow]] = relationship(
         back_populates="payment", order_by="RefundRow.created_at", lazy="raise"
@@ -176,6 +192,11 @@ class RefundRow(Base):
         CheckConstraint(_in("status", REFUND_STATUSES), name="status_valid"),
         CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency_iso4217"),
         Index("ix_refunds_transaction_id_created_at", "transaction_id", "created_at"),
+        Index(
+            "ix_refunds_next_reconcile_at",
+            "next_reconcile_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
     )
 
     refund_id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -193,6 +214,10 @@ class RefundRow(Base):
     failure_code: Mapped[str | None] = mapped_column(String(64))
     correlation_id: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+    # While pending: when the reconciler next asks the bank, and how often it has.
+    next_reconcile_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    reconcile_attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
 
     payment: Mapped[PaymentRow] = relationship(back_populates="refunds", lazy="raise")
 
@@ -216,7 +241,8 @@ class IdempotencyKeyRow(Base):
         ForeignKey("merchants.merchant_id", ondelete="CASCADE"), nullable=False
     )
     idempotency_key: Mapped[str] = mapped_column(String(255), nullable=False)
-    request_fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
+    # "v2:" + hex HMAC (docs/api.md, "Idempotency"); 64 hex digits alone is the legacy form.
+    request_fingerprint: Mapped[str] = mapped_column(String(80), nullable=False)
     # The transaction or refund id this request creates: reused if a crashed attempt is
     # taken over, so the bank (which dedupes on it) never charges twice.
     resource_id: Mapped[str] = mapped_column(String(40), nullable=False)
@@ -243,6 +269,11 @@ class OutboxEvent(Base):
             postgresql_where=text("published_at IS NULL"),
         ),
         Index("ix_outbox_events_aggregate_id", "aggregate_id"),
+        Index(
+            "ix_outbox_events_published_at",
+            "published_at",
+            postgresql_where=text("published_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -281,6 +312,28 @@ class AuditRow(Base):
     resource_id: Mapped[str | None] = mapped_column(String(128))
     outcome: Mapped[str] = mapped_column(String(16), nullable=False)
     correlation_id: Mapped[str | None] = mapped_column(String(128))
+    details: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+
+
+class AuthRefusalRow(Base):
+    """Refused authentications from one source, for one reason, in one minute, counted.
+
+    The audit trail of refusals: an anonymous caller can only add one row per source,
+    reason and minute, however fast it knocks.
+    """
+
+    __tablename__ = "auth_refusals"
+    __table_args__ = (CheckConstraint("attempts > 0", name="attempts_positive"),)
+
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(32), primary_key=True)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="1")
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    last_correlation_id: Mapped[str | None] = mapped_column(String(128))
     details: Mapped[dict[str, Any]] = mapped_column(
         JSONB, nullable=False, server_default=text("'{}'::jsonb")
     )

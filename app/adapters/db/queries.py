@@ -8,20 +8,43 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.adapters.db.mapping import merchant_from_row
 from app.adapters.db.repositories import (
     API_KEYS,
     MERCHANTS,
+    PAYMENTS,
+    REFUNDS,
     payment_from_joined_rows,
     payment_with_refunds,
 )
 from app.domain.merchants import Merchant
-from app.domain.payments import Payment
+from app.domain.payments import Payment, PaymentStatus, RefundStatus
+from app.services.ports import UnsettledBacklog
 
 _PAYMENT = payment_with_refunds()
+_processing = select(func.count(), func.min(PAYMENTS.c.created_at)).where(
+    PAYMENTS.c.status == PaymentStatus.PROCESSING.value
+)
+_pending = select(func.count(), func.min(REFUNDS.c.created_at)).where(
+    REFUNDS.c.status == RefundStatus.PENDING.value
+)
+_processing_sq = _processing.subquery("p")
+_pending_sq = _pending.subquery("r")
+_UNSETTLED = select(
+    _processing_sq.c[0].label("payments"),
+    _pending_sq.c[0].label("refunds"),
+    func.coalesce(
+        func.extract(
+            "epoch",
+            func.now() - func.least(_processing_sq.c[1], _pending_sq.c[1]),
+        ),
+        0,
+    ).label("oldest_age_s"),
+).select_from(_processing_sq.join(_pending_sq, literal(True)))
+"""Both partial indexes (status = 'processing' / 'pending') serve these two counts."""
 _MERCHANT_FOR_KEY = (
     select(MERCHANTS)
     .join(API_KEYS, API_KEYS.c.merchant_id == MERCHANTS.c.merchant_id)
@@ -46,6 +69,15 @@ class SqlPaymentQueries:
         """The merchant of the unrevoked API key with this digest, or None."""
         rows = await self._fetch(_MERCHANT_FOR_KEY, {"key_hash": key_hash})
         return merchant_from_row(rows[0]) if rows else None
+
+    async def unsettled_backlog(self) -> UnsettledBacklog:
+        """How many payments and refunds wait for the bank's answer, and the oldest's age."""
+        (row,) = await self._fetch(_UNSETTLED, {})
+        return UnsettledBacklog(
+            payments=int(row["payments"]),
+            refunds=int(row["refunds"]),
+            oldest_age_s=float(row["oldest_age_s"]),
+        )
 
     async def _fetch(self, statement: Any, params: dict[str, Any]) -> list[Any]:
         async with self._engine.connect() as connection:

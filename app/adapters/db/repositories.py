@@ -14,19 +14,20 @@ from typing import Any, cast
 
 from sqlalchemy import (
     UUID,
+    Column,
     DateTime,
+    Integer,
     Table,
     any_,
     bindparam,
-    case,
     delete,
     func,
     or_,
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import aliased
 
 from app.adapters.db.mapping import (
@@ -45,6 +46,7 @@ from app.adapters.db.mapping import (
 from app.adapters.db.models import (
     ApiKeyRow,
     AuditRow,
+    AuthRefusalRow,
     IdempotencyKeyRow,
     MerchantRow,
     OutboxEvent,
@@ -52,11 +54,18 @@ from app.adapters.db.models import (
     RefundRow,
 )
 from app.adapters.db.notifications import CACHE_CHANNEL
-from app.adapters.db.write_batch import WriteBatch
+from app.adapters.db.write_batch import WriteBatch, register_guard
 from app.domain.audit import AuditEntry
 from app.domain.merchants import ApiKey, Merchant
-from app.domain.payments import Payment, PaymentStatus, Refund
-from app.services.ports import IdempotencyRecord, Lease, OutboxBacklog, OutboxMessage
+from app.domain.payments import Payment, PaymentStatus, Refund, RefundStatus
+from app.services.ports import (
+    IdempotencyRecord,
+    Lease,
+    OutboxBacklog,
+    OutboxMessage,
+    StoredAnswer,
+    Unsettled,
+)
 
 PAYMENTS = cast(Table, PaymentRow.__table__)
 REFUNDS = cast(Table, RefundRow.__table__)
@@ -65,6 +74,9 @@ API_KEYS = cast(Table, ApiKeyRow.__table__)
 IDEMPOTENCY_KEYS = cast(Table, IdempotencyKeyRow.__table__)
 OUTBOX = cast(Table, OutboxEvent.__table__)
 AUDIT_LOG = cast(Table, AuditRow.__table__)
+AUTH_REFUSALS = cast(Table, AuthRefusalRow.__table__)
+
+_AT = DateTime(timezone=True)
 
 REFUND_PREFIX = "refund_"
 """Refund columns are read beside payment columns under this prefix."""
@@ -72,16 +84,17 @@ REFUND_PREFIX = "refund_"
 _REFUND_COLUMNS = [column.label(f"{REFUND_PREFIX}{column.key}") for column in REFUNDS.c]
 
 
-def payment_with_refunds(*, for_update: bool = False) -> Any:
+def payment_with_refunds(*, for_update: bool = False, any_merchant: bool = False) -> Any:
     """``SELECT`` a merchant's payment joined with its refunds (oldest first), by
-    ``:transaction_id`` and ``:merchant_id``: one statement, one snapshot."""
+    ``:transaction_id`` and ``:merchant_id`` (not by merchant with ``any_merchant``, for
+    the service's own background work): one statement, one snapshot."""
+    conditions = [PAYMENTS.c.transaction_id == bindparam("transaction_id")]
+    if not any_merchant:
+        conditions.append(PAYMENTS.c.merchant_id == bindparam("merchant_id"))
     statement = (
         select(PAYMENTS, *_REFUND_COLUMNS)
         .outerjoin(REFUNDS, REFUNDS.c.transaction_id == PAYMENTS.c.transaction_id)
-        .where(
-            PAYMENTS.c.transaction_id == bindparam("transaction_id"),
-            PAYMENTS.c.merchant_id == bindparam("merchant_id"),
-        )
+        .where(*conditions)
         .order_by(REFUNDS.c.created_at, REFUNDS.c.refund_id)
     )
     if for_update:
@@ -176,104 +189,198 @@ class ApiKeyRepository:
 
 
 class PaymentRepository:
-    """Payments with their refunds, always scoped to the merchant that owns them."""
+    """Payments with their refunds, scoped to the merchant that owns them."""
 
     def __init__(self, session: AsyncSession, batch: WriteBatch) -> None:
         self._session = session
         self._batch = batch
 
-    def add(self, payment: Payment) -> None:
+    def add(self, payment: Payment, *, reconcile_at: datetime | None = None) -> None:
         """Stage a new payment (inserted with the unit's write batch)."""
-        self._batch.insert(PAYMENTS, payment_values(payment))
+        values = payment_values(payment)
+        if payment.status is PaymentStatus.PROCESSING:
+            values["next_reconcile_at"] = reconcile_at or payment.created_at
+        self._batch.insert(PAYMENTS, values)
 
-    async def get_for_update(self, transaction_id: str, *, merchant_id: str) -> Payment | None:
-        """The merchant's payment with its refunds, row-locked to the end of the unit."""
+    async def get_for_update(
+        self, transaction_id: str, *, merchant_id: str | None
+    ) -> Payment | None:
+        """The payment with its refunds, row-locked to the end of the unit."""
         result = await self._session.execute(
-            payment_with_refunds(for_update=True),
+            payment_with_refunds(for_update=True, any_merchant=merchant_id is None),
             {"transaction_id": transaction_id, "merchant_id": merchant_id},
         )
         return payment_from_joined_rows(result.mappings().all())
 
-    def update(self, payment: Payment, *, expected_status: PaymentStatus | None = None) -> None:
+    def update(
+        self,
+        payment: Payment,
+        *,
+        expected_status: PaymentStatus | None = None,
+        reconcile_at: datetime | None = None,
+    ) -> None:
         """Stage writing the payment's state; with ``expected_status`` only if the row
         still has it (the unit's commit raises ConcurrentUpdate otherwise)."""
         where: dict[str, Any] = {"transaction_id": payment.transaction_id}
         if expected_status is not None:
             where["status"] = expected_status.value
+        values = payment_state_values(payment)
+        if payment.status is not PaymentStatus.PROCESSING:
+            values["next_reconcile_at"] = None
+        elif reconcile_at is not None:
+            values["next_reconcile_at"] = reconcile_at
+        self._batch.update(PAYMENTS, where=where, values=values, guard=expected_status is not None)
+
+    async def claim_unsettled(
+        self, *, now: datetime, lease: timedelta, limit: int
+    ) -> list[Unsettled[Payment]]:
+        """Lease up to ``limit`` processing payments due for reconciliation (one statement,
+        SKIP LOCKED: concurrent claimers never get the same payment)."""
+        connection = await _alone(self._session)
+        rows = (
+            await connection.execute(
+                _CLAIM_UNSETTLED_PAYMENTS, {"now": now, "until": now + lease, "limit": limit}
+            )
+        ).mappings()
+        return [Unsettled(payment_from_row(row), row["reconcile_attempts"]) for row in rows]
+
+    def defer_reconciliation(self, transaction_id: str, *, at: datetime) -> None:
+        """Stage: reconcile this payment again at ``at`` (while it is still processing)."""
         self._batch.update(
             PAYMENTS,
-            where=where,
-            values=payment_state_values(payment),
-            guard=expected_status is not None,
+            where={"transaction_id": transaction_id, "status": PaymentStatus.PROCESSING.value},
+            values={"next_reconcile_at": at},
         )
 
 
 class RefundRepository:
     """Refunds against payments."""
 
-    def __init__(self, batch: WriteBatch) -> None:
+    def __init__(self, session: AsyncSession, batch: WriteBatch) -> None:
+        self._session = session
         self._batch = batch
 
-    def add(self, refund: Refund) -> None:
+    def add(self, refund: Refund, *, reconcile_at: datetime | None = None) -> None:
         """Stage a new refund."""
-        self._batch.insert(REFUNDS, refund_values(refund))
+        values = refund_values(refund)
+        if refund.status is RefundStatus.PENDING:
+            values["next_reconcile_at"] = reconcile_at or refund.created_at
+        self._batch.insert(REFUNDS, values)
 
-    def update(self, refund: Refund) -> None:
+    def update(self, refund: Refund, *, reconcile_at: datetime | None = None) -> None:
         """Stage writing the refund's outcome."""
+        values = refund_state_values(refund)
+        if refund.status is not RefundStatus.PENDING:
+            values["next_reconcile_at"] = None
+        elif reconcile_at is not None:
+            values["next_reconcile_at"] = reconcile_at
+        self._batch.update(REFUNDS, where={"refund_id": refund.refund_id}, values=values)
+
+    async def claim_unsettled(
+        self, *, now: datetime, lease: timedelta, limit: int
+    ) -> list[Unsettled[Refund]]:
+        """Lease up to ``limit`` pending refunds due for reconciliation (SKIP LOCKED)."""
+        connection = await _alone(self._session)
+        rows = (
+            await connection.execute(
+                _CLAIM_UNSETTLED_REFUNDS, {"now": now, "until": now + lease, "limit": limit}
+            )
+        ).mappings()
+        return [Unsettled(refund_from_row(row), row["reconcile_attempts"]) for row in rows]
+
+    def defer_reconciliation(self, refund_id: str, *, at: datetime) -> None:
+        """Stage: reconcile this refund again at ``at`` (while it is still pending)."""
         self._batch.update(
-            REFUNDS, where={"refund_id": refund.refund_id}, values=refund_state_values(refund)
+            REFUNDS,
+            where={"refund_id": refund_id, "status": RefundStatus.PENDING.value},
+            values={"next_reconcile_at": at},
         )
 
 
-_AT = DateTime(timezone=True)
-_claim_insert = insert(IDEMPOTENCY_KEYS).values(
-    merchant_id=bindparam("merchant_id"),
-    idempotency_key=bindparam("key"),
-    request_fingerprint=bindparam("fingerprint"),
-    resource_id=bindparam("resource_id"),
-    state="in_progress",
-    locked_until=bindparam("locked_until", type_=_AT),
-    expires_at=bindparam("expires_at", type_=_AT),
-    created_at=bindparam("now", type_=_AT),
+async def _alone(session: AsyncSession) -> AsyncConnection:
+    """The session's connection; in autocommit when nothing else happened in the unit (a
+    single statement is atomic on its own: no ``BEGIN``/``COMMIT`` round trips)."""
+    if session.in_transaction():
+        return await session.connection()
+    return await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+
+
+def _claim_unsettled(table: Table, key: Column[Any], unsettled_status: str) -> Any:
+    due = (
+        select(key)
+        .where(
+            table.c.status == unsettled_status,
+            table.c.next_reconcile_at <= bindparam("now", type_=_AT),
+        )
+        .order_by(table.c.next_reconcile_at)
+        .limit(bindparam("limit"))
+        .with_for_update(skip_locked=True)
+        .cte("due")
+        .prefix_with("MATERIALIZED")
+    )
+    return (
+        update(table)
+        .where(key.in_(select(due.c[key.name])))
+        .values(
+            next_reconcile_at=bindparam("until", type_=_AT),
+            reconcile_attempts=table.c.reconcile_attempts + 1,
+        )
+        .returning(table)
+    )
+
+
+_CLAIM_UNSETTLED_PAYMENTS = _claim_unsettled(
+    PAYMENTS, PAYMENTS.c.transaction_id, PaymentStatus.PROCESSING.value
 )
-_expired = IDEMPOTENCY_KEYS.c.expires_at < bindparam("now", type_=_AT)
-CLAIM_IDEMPOTENCY_KEY = _claim_insert.on_conflict_do_update(
-    index_elements=[IDEMPOTENCY_KEYS.c.merchant_id, IDEMPOTENCY_KEYS.c.idempotency_key],
-    set_={
-        "request_fingerprint": _claim_insert.excluded.request_fingerprint,
-        # A stale in-progress claim keeps its resource id (crash recovery); an expired
-        # record starts afresh.
-        "resource_id": case(
-            (_expired, _claim_insert.excluded.resource_id),
-            else_=IDEMPOTENCY_KEYS.c.resource_id,
-        ),
-        "state": "in_progress",
-        "response_status": None,
-        "response_body": None,
-        "locked_until": _claim_insert.excluded.locked_until,
-        "expires_at": _claim_insert.excluded.expires_at,
-        "created_at": _claim_insert.excluded.created_at,
-    },
-    where=(
-        _expired
-        | (
-            (IDEMPOTENCY_KEYS.c.state == "in_progress")
-            & (IDEMPOTENCY_KEYS.c.locked_until < bindparam("now", type_=_AT))
-            & (IDEMPOTENCY_KEYS.c.request_fingerprint == _claim_insert.excluded.request_fingerprint)
-        )
-    ),
-).returning(IDEMPOTENCY_KEYS.c.resource_id)
-"""The atomic claim, built once: insert, or take over a stale claim or an expired record."""
+_CLAIM_UNSETTLED_REFUNDS = _claim_unsettled(
+    REFUNDS, REFUNDS.c.refund_id, RefundStatus.PENDING.value
+)
+
+
+_claim_insert = insert(IDEMPOTENCY_KEYS).values(
+    merchant_id=bindparam("key_merchant_id"),
+    idempotency_key=bindparam("key_key"),
+    request_fingerprint=bindparam("key_fingerprint"),
+    resource_id=bindparam("key_resource_id"),
+    state=bindparam("key_state"),
+    response_status=bindparam("key_response_status", type_=Integer),
+    response_body=bindparam("key_response_body", type_=JSONB(none_as_null=True)),
+    locked_until=bindparam("key_locked_until", type_=_AT),
+    expires_at=bindparam("key_expires_at", type_=_AT),
+    created_at=bindparam("key_now", type_=_AT),
+)
+CLAIM_IDEMPOTENCY_KEY = register_guard(
+    "claim_idempotency_key",
+    _claim_insert.on_conflict_do_update(
+        index_elements=[IDEMPOTENCY_KEYS.c.merchant_id, IDEMPOTENCY_KEYS.c.idempotency_key],
+        # Only an expired record is taken over (its purge has not run yet): a fresh claim.
+        set_={
+            column: _claim_insert.excluded[column]
+            for column in (
+                "request_fingerprint",
+                "resource_id",
+                "state",
+                "response_status",
+                "response_body",
+                "locked_until",
+                "expires_at",
+                "created_at",
+            )
+        },
+        where=IDEMPOTENCY_KEYS.c.expires_at < bindparam("key_now", type_=_AT),
+    ).returning(IDEMPOTENCY_KEYS.c.resource_id),
+)
+"""The claim, as the guard of the statement that records what it protects."""
 
 
 class IdempotencyRepository:
-    """Idempotency keys: an atomic claim, then the stored response."""
+    """Idempotency keys: a claim written with the attempt it protects, then the answer."""
 
     def __init__(self, session: AsyncSession, batch: WriteBatch) -> None:
         self._session = session
         self._batch = batch
 
-    async def claim(
+    def claim(
         self,
         *,
         merchant_id: str,
@@ -283,42 +390,33 @@ class IdempotencyRepository:
         now: datetime,
         lock_for: timedelta,
         keep_for: timedelta,
-    ) -> str | None:
-        """Insert an in-progress claim and return its resource id; None when the key
-        already exists for the merchant (see the port)."""
-        if not self._session.in_transaction():
-            # The claim is one statement, durable at once: no BEGIN/COMMIT around it.
-            await self._session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        connection = await self._session.connection()
-        result = await connection.execute(
+        answer: StoredAnswer | None = None,
+    ) -> None:
+        """Stage the claim as the condition of the unit's write batch (see the port)."""
+        self._batch.guard_with(
             CLAIM_IDEMPOTENCY_KEY,
             {
-                "merchant_id": merchant_id,
-                "key": key,
-                "fingerprint": request_fingerprint,
-                "resource_id": resource_id,
-                "now": now,
-                "locked_until": now + lock_for,
-                "expires_at": now + keep_for,
+                "key_merchant_id": merchant_id,
+                "key_key": key,
+                "key_fingerprint": request_fingerprint,
+                "key_resource_id": resource_id,
+                "key_state": "in_progress" if answer is None else "completed",
+                "key_response_status": None if answer is None else answer.status,
+                "key_response_body": None if answer is None else answer.body,
+                "key_locked_until": now + lock_for,
+                "key_expires_at": now + keep_for,
+                "key_now": now,
             },
         )
-        claimed: str | None = result.scalar_one_or_none()
-        return claimed
 
     async def get(self, *, merchant_id: str, key: str) -> IdempotencyRecord | None:
         """The stored record for this merchant's key."""
-        row = (
-            (
-                await self._session.execute(
-                    select(IDEMPOTENCY_KEYS).where(
-                        IDEMPOTENCY_KEYS.c.merchant_id == merchant_id,
-                        IDEMPOTENCY_KEYS.c.idempotency_key == key,
-                    )
-                )
-            )
-            .mappings()
-            .first()
+        statement = select(IDEMPOTENCY_KEYS).where(
+            IDEMPOTENCY_KEYS.c.merchant_id == merchant_id,
+            IDEMPOTENCY_KEYS.c.idempotency_key == key,
         )
+        connection = await _alone(self._session)
+        row = (await connection.execute(statement)).mappings().first()
         if row is None:
             return None
         return IdempotencyRecord(
@@ -330,30 +428,70 @@ class IdempotencyRepository:
             locked_until=row["locked_until"],
         )
 
-    def complete(self, *, merchant_id: str, key: str, status: int, body: dict[str, Any]) -> None:
-        """Stage the response that later retries replay (written with the unit of work)."""
+    def complete(self, *, merchant_id: str, key: str, answer: StoredAnswer) -> None:
+        """Stage the answer that later retries replay (written with the unit of work)."""
         self._batch.update(
             IDEMPOTENCY_KEYS,
             where={"merchant_id": merchant_id, "idempotency_key": key},
-            values={"state": "completed", "response_status": status, "response_body": body},
+            values={
+                "state": "completed",
+                "response_status": answer.status,
+                "response_body": answer.body,
+            },
         )
 
-    async def release(self, *, merchant_id: str, key: str) -> None:
-        """Forget an in-progress claim whose request is not to be remembered."""
-        await self._session.execute(
+    def release(self, *, merchant_id: str, key: str) -> None:
+        """Stage forgetting an in-progress claim whose request is not to be remembered."""
+        self._batch.delete(
+            IDEMPOTENCY_KEYS,
+            where={"merchant_id": merchant_id, "idempotency_key": key, "state": "in_progress"},
+        )
+
+    async def take_over(
+        self, *, merchant_id: str, key: str, request_fingerprint: str, now: datetime
+    ) -> bool:
+        """Forget a stale in-progress claim of the same request; whether one was there."""
+        connection = await _alone(self._session)
+        result = await connection.execute(
             delete(IDEMPOTENCY_KEYS).where(
                 IDEMPOTENCY_KEYS.c.merchant_id == merchant_id,
                 IDEMPOTENCY_KEYS.c.idempotency_key == key,
                 IDEMPOTENCY_KEYS.c.state == "in_progress",
+                IDEMPOTENCY_KEYS.c.locked_until < now,
+                IDEMPOTENCY_KEYS.c.request_fingerprint == request_fingerprint,
             )
         )
+        return bool(getattr(result, "rowcount", 0))
 
-    async def purge_expired(self, *, now: datetime) -> int:
-        """Delete records past their retention; returns how many."""
-        result = await self._session.execute(
-            delete(IDEMPOTENCY_KEYS).where(IDEMPOTENCY_KEYS.c.expires_at < now)
+    async def purge_expired(self, *, now: datetime, limit: int) -> int:
+        """Delete up to ``limit`` records past their retention; how many."""
+        return await _purge(
+            self._session,
+            IDEMPOTENCY_KEYS,
+            IDEMPOTENCY_KEYS.c.expires_at < now,
+            order_by=IDEMPOTENCY_KEYS.c.expires_at,
+            limit=limit,
         )
-        return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def _purge(
+    session: AsyncSession, table: Table, condition: Any, *, order_by: Any, limit: int
+) -> int:
+    """``DELETE`` up to ``limit`` rows matching ``condition``, oldest first, skipping rows
+    another purge has locked: purges in several processes never wait for each other, and
+    each batch is a short statement of its own."""
+    doomed = (
+        select(table.c.id)
+        .where(condition)
+        .order_by(order_by)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("doomed")
+        .prefix_with("MATERIALIZED")
+    )
+    connection = await _alone(session)
+    result = await connection.execute(delete(table).where(table.c.id.in_(select(doomed.c.id))))
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 _MARK_PUBLISHED = (
@@ -503,13 +641,69 @@ class OutboxRepository:
         ).one()
         return OutboxBacklog(pending=int(row[0]), oldest_pending_age_s=float(row[1]))
 
+    async def purge_published(self, *, before: datetime, limit: int) -> int:
+        """Delete up to ``limit`` events published before ``before``; how many."""
+        return await _purge(
+            self._session,
+            OUTBOX,
+            OUTBOX.c.published_at < before,
+            order_by=OUTBOX.c.published_at,
+            limit=limit,
+        )
+
+
+_refusal_insert = insert(AUTH_REFUSALS).values(
+    window_start=bindparam("window_start", type_=_AT),
+    source=bindparam("source"),
+    reason=bindparam("reason"),
+    attempts=1,
+    first_seen_at=bindparam("at", type_=_AT),
+    last_seen_at=bindparam("at", type_=_AT),
+    last_correlation_id=bindparam("correlation_id"),
+    details=bindparam("details", type_=JSONB),
+)
+_COUNT_REFUSAL = _refusal_insert.on_conflict_do_update(
+    index_elements=[AUTH_REFUSALS.c.window_start, AUTH_REFUSALS.c.source, AUTH_REFUSALS.c.reason],
+    set_={
+        "attempts": AUTH_REFUSALS.c.attempts + 1,
+        "last_seen_at": _refusal_insert.excluded.last_seen_at,
+        "last_correlation_id": _refusal_insert.excluded.last_correlation_id,
+        "details": _refusal_insert.excluded.details,
+    },
+)
+
 
 class AuditLogRepository:
-    """The append-only audit trail; there is deliberately no update or delete here."""
+    """The append-only audit trail; there is deliberately no update or delete here (the
+    refusal counts in ``auth_refusals`` only ever grow)."""
 
-    def __init__(self, batch: WriteBatch) -> None:
+    def __init__(self, session: AsyncSession, batch: WriteBatch) -> None:
+        self._session = session
         self._batch = batch
 
     def append(self, entry: AuditEntry) -> None:
         """Stage an audit row, written atomically with the rest of the unit of work."""
         self._batch.insert(AUDIT_LOG, audit_values(entry))
+
+    async def count_refused_authentication(
+        self,
+        *,
+        source: str,
+        reason: str,
+        at: datetime,
+        correlation_id: str | None,
+        details: dict[str, Any],
+    ) -> None:
+        """Count a refusal in its (minute, source, reason) row: one upsert, at once."""
+        connection = await _alone(self._session)
+        await connection.execute(
+            _COUNT_REFUSAL,
+            {
+                "window_start": at.replace(second=0, microsecond=0),
+                "source": source[:64],
+                "reason": reason[:32],
+                "at": at,
+                "correlation_id": correlation_id,
+                "details": details,
+            },
+        )

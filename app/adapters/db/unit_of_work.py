@@ -61,10 +61,10 @@ class SqlUnitOfWork:
         self.merchants = MerchantRepository(session, batch)
         self.api_keys = ApiKeyRepository(session, batch)
         self.payments = PaymentRepository(session, batch)
-        self.refunds = RefundRepository(batch)
+        self.refunds = RefundRepository(session, batch)
         self.idempotency = IdempotencyRepository(session, batch)
         self.outbox = OutboxRepository(session, batch)
-        self.audit = AuditLogRepository(batch)
+        self.audit = AuditLogRepository(session, batch)
         return self
 
     async def __aexit__(

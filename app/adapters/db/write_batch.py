@@ -8,10 +8,15 @@ against the same snapshot and checks constraints (foreign keys included) at its 
 the parts may reference each other's rows but none may depend on another's *effects*
 being visible -- which inserts of new rows and updates of other tables never do.
 
-A write may carry an *expectation* (``UPDATE ... WHERE status = 'processing'``): it then
-becomes the batch's guard, every other part runs only if the guard matched a row, and the
-statement returns how many it matched -- so "someone else changed it first" writes
-nothing at all and is reported as :class:`~app.services.ports.ConcurrentUpdate`.
+A write may carry an *expectation* (``UPDATE ... WHERE status = 'processing'``), or be a
+registered conditional statement (the ``INSERT ... ON CONFLICT`` that claims an
+idempotency key): it then becomes the batch's guard, every other part runs only if the
+guard matched a row, and the statement returns how many it matched -- so "someone else
+changed it first" or "the key is taken" writes nothing at all and is reported as
+:class:`~app.services.ports.ConcurrentUpdate`.
+
+A part never sees the rows another part of the same statement inserts (they share one
+snapshot): a row is written whole by the one part that creates it.
 
 Statements are built once per *shape* (which tables, which columns, which part guards)
 with bound parameters, so SQLAlchemy's compiled cache is hit on every later commit.
@@ -24,9 +29,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, bindparam, exists, func, insert, literal_column, select, update
+from sqlalchemy import (
+    Table,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    literal_column,
+    select,
+    update,
+)
 from sqlalchemy.sql import Executable
-from sqlalchemy.sql.dml import Insert, Update
+from sqlalchemy.sql.dml import Delete, Insert, Update
 from sqlalchemy.sql.elements import ColumnClause
 from sqlalchemy.sql.selectable import CTE
 
@@ -35,17 +50,28 @@ _ONE: ColumnClause[Any] = literal_column("1")
 _STATEMENT_CACHE_MAX = 256
 """Distinct write shapes kept (a handful in practice: payment, settlement, refund, admin)."""
 
-_Shape = tuple[Table, tuple[str, ...], tuple[str, ...], bool]
-"""What a write's statement depends on: its table, value columns, key columns, and
-whether it is the guard."""
+_Shape = tuple[Table | str, tuple[str, ...], tuple[str, ...], bool, bool]
+"""What a write's statement depends on: its table (or the name of a registered guard),
+value columns, key columns, whether it is the guard, and whether it deletes."""
+
+_REGISTERED_GUARDS: dict[str, Insert | Update] = {}
+
+
+def register_guard(name: str, statement: Insert | Update) -> str:
+    """Register a conditional statement (``... RETURNING`` one row when it applies) that
+    :meth:`WriteBatch.guard_with` can make the condition of a batch; returns ``name``."""
+    if _REGISTERED_GUARDS.setdefault(name, statement) is not statement:
+        raise ValueError(f"a different guard is already registered as {name!r}")
+    return name
 
 
 @dataclass(frozen=True, slots=True)
 class _Write:
-    table: Table
+    table: Table | str
     values: tuple[tuple[str, Any], ...]
     where: tuple[tuple[str, Any], ...] = ()
     guard: bool = False
+    delete: bool = False
 
     @property
     def shape(self) -> _Shape:
@@ -54,6 +80,7 @@ class _Write:
             tuple(key for key, _ in self.values),
             tuple(key for key, _ in self.where),
             self.guard,
+            self.delete,
         )
 
 
@@ -92,9 +119,24 @@ class WriteBatch:
         With ``guard``, the whole batch is written only if this update matches a row (at
         most one guard per batch).
         """
+        self._check_one_guard(guard)
+        self._writes.append(_Write(table, tuple(values.items()), tuple(where.items()), guard))
+
+    def delete(self, table: Table, *, where: Mapping[str, Any]) -> None:
+        """Add ``DELETE FROM table WHERE`` every ``where`` column equals its value."""
+        self._writes.append(_Write(table, (), tuple(where.items()), delete=True))
+
+    def guard_with(self, name: str, params: Mapping[str, Any]) -> None:
+        """Make the registered statement ``name`` (:func:`register_guard`) the batch's
+        guard, with its own bound parameters."""
+        if name not in _REGISTERED_GUARDS:
+            raise ValueError(f"no guard is registered as {name!r}")
+        self._check_one_guard(True)
+        self._writes.append(_Write(name, tuple(params.items()), guard=True))
+
+    def _check_one_guard(self, guard: bool) -> None:
         if guard and any(write.guard for write in self._writes):
             raise ValueError("a batch has at most one guard")
-        self._writes.append(_Write(table, tuple(values.items()), tuple(where.items()), guard))
 
     def clear(self) -> None:
         """Forget every write (they were sent, or the unit of work rolled back)."""
@@ -108,6 +150,9 @@ class WriteBatch:
         statement = _combined_statement(tuple(write.shape for write in writes))
         params: dict[str, Any] = {}
         for index, write in enumerate(writes):
+            if isinstance(write.table, str):  # a registered guard binds its own names
+                params.update(write.values)
+                continue
             for key, value in write.values:
                 params[f"w{index}_{key}"] = value
             for key, value in write.where:
@@ -126,17 +171,25 @@ def _combined_statement(shapes: tuple[_Shape, ...]) -> Executable:
 
 
 def _guarded_statement(shapes: tuple[_Shape, ...]) -> Executable:
-    """``WITH w0 AS (guard RETURNING 1), w1 AS (... only if w0 matched), ...
+    """``WITH w0 AS (guard RETURNING ...), w1 AS (... only if w0 matched), ...
     SELECT count(*) FROM w0``."""
-    guard = _single_statement(0, shapes[0]).returning(_ONE.label("matched")).cte("w0")
+    first = shapes[0][0]
+    if isinstance(first, str):
+        guard = _REGISTERED_GUARDS[first].cte("w0")
+    else:
+        guard = _single_statement(0, shapes[0]).returning(_ONE.label("matched")).cte("w0")
     parts: list[CTE] = [guard]
     for index, shape in enumerate(shapes[1:], start=1):
         parts.append(_single_statement(index, shape, only_if=guard).cte(f"w{index}"))
     return select(func.count()).select_from(guard).add_cte(*parts[1:])
 
 
-def _single_statement(index: int, shape: _Shape, *, only_if: CTE | None = None) -> Insert | Update:
-    table, value_keys, where_keys, _ = shape
+def _single_statement(
+    index: int, shape: _Shape, *, only_if: CTE | None = None
+) -> Insert | Update | Delete:
+    table, value_keys, where_keys, _, deletes = shape
+    if isinstance(table, str):
+        raise ValueError(f"the registered guard {table!r} can only come first")
     columns = table.c
     values = {
         columns[key]: bindparam(f"w{index}_{key}", type_=columns[key].type) for key in value_keys
@@ -153,4 +206,6 @@ def _single_statement(index: int, shape: _Shape, *, only_if: CTE | None = None) 
     ]
     if only_if is not None:
         conditions.append(exists(select(_ONE).select_from(only_if)))
+    if deletes:
+        return delete(table).where(*conditions)
     return update(table).where(*conditions).values(values)

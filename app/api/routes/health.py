@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from cachetools import TTLCache
 from fastapi import APIRouter
 from starlette.responses import JSONResponse
 
@@ -45,29 +47,76 @@ async def _outbox(runtime: Runtime) -> dict[str, Any]:
     }
 
 
+class SharedProbe:
+    """A probe of a dependency whose answer is shared for ``ttl_s``: however many callers
+    ask ``/health`` (it needs no authentication), the dependency sees at most one probe
+    per ``ttl_s`` and worker, and concurrent callers wait for the same one."""
+
+    def __init__(self, probe: Callable[[], Awaitable[bool]], *, ttl_s: float) -> None:
+        self._probe = probe
+        self._cache: TTLCache[str, bool] | None = (
+            TTLCache(maxsize=1, ttl=ttl_s) if ttl_s > 0 else None
+        )
+        self._lock = asyncio.Lock()
+
+    async def answers(self) -> bool:
+        """Whether the dependency answered its latest probe."""
+        if self._cache is None:
+            return await self._probe_bounded()
+        async with self._lock:
+            answered = self._cache.get("answered")
+            if answered is None:
+                answered = self._cache["answered"] = await self._probe_bounded()
+        return answered
+
+    async def _probe_bounded(self) -> bool:
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT_S):
+                return await self._probe()
+        except TimeoutError:
+            return False
+
+
+def _probes(runtime: Runtime) -> tuple[SharedProbe, SharedProbe]:
+    probes: tuple[SharedProbe, SharedProbe] | None = runtime.health_probes
+    if probes is None:
+        ttl_s = runtime.settings.health_probe_cache_s
+        probes = (
+            SharedProbe(runtime.services.publisher.broker_available, ttl_s=ttl_s),
+            SharedProbe(runtime.services.bank.ping, ttl_s=ttl_s),
+        )
+        runtime.health_probes = probes
+    return probes
+
+
 async def _kafka(runtime: Runtime) -> dict[str, Any]:
-    publisher = runtime.services.publisher
-    if not publisher.enabled:
+    if not runtime.services.publisher.enabled:
         return {"status": "disabled", "detail": "KAFKA_BOOTSTRAP_SERVERS not set"}
-    try:
-        async with asyncio.timeout(CHECK_TIMEOUT_S):
-            available = await publisher.broker_available()
-    except TimeoutError:
-        available = False
-    return {"status": "up" if available else "down"}
+    kafka, _ = _probes(runtime)
+    return {"status": "up" if await kafka.answers() else "down"}
 
 
 async def _bank(runtime: Runtime) -> dict[str, Any]:
-    bank = runtime.services.bank
-    circuit = bank.circuit_state
+    circuit = runtime.services.bank.circuit_state
     if circuit == "open":
         return {"status": "down", "circuit": circuit}
+    _, bank = _probes(runtime)
+    return {"status": "up" if await bank.answers() else "down", "circuit": circuit}
+
+
+async def _reconciliation(runtime: Runtime) -> dict[str, Any]:
     try:
         async with asyncio.timeout(CHECK_TIMEOUT_S):
-            answering = await bank.ping()
-    except TimeoutError:
-        answering = False
-    return {"status": "up" if answering else "down", "circuit": circuit}
+            backlog = await runtime.services.queries.unsettled_backlog()
+    except Exception as exc:
+        return {"status": "down", "error": type(exc).__name__}
+    overdue = backlog.oldest_age_s > runtime.settings.reconcile_alert_after_s
+    return {
+        "status": "down" if overdue else "up",
+        "payments_processing": backlog.payments,
+        "refunds_pending": backlog.refunds,
+        "oldest_age_s": round(backlog.oldest_age_s, 1),
+    }
 
 
 @router.get("/", response_model=ServiceInfo, summary="Service information")
@@ -83,11 +132,23 @@ async def root(runtime: RuntimeDep) -> dict[str, str]:
     responses={503: {"model": HealthResponse, "description": "The database is unreachable."}},
 )
 async def health(runtime: RuntimeDep) -> JSONResponse:
-    """Database, Kafka, bank circuit and outbox backlog; 503 only when the database is down."""
-    database, kafka, bank, outbox = await asyncio.gather(
-        _database(runtime), _kafka(runtime), _bank(runtime), _outbox(runtime)
+    """Database, Kafka, bank circuit, outbox backlog and what waits for the reconciler;
+    503 only when the database is down. The Kafka and bank probes are shared for
+    ``HEALTH_PROBE_CACHE_S`` (the endpoint needs no authentication)."""
+    database, kafka, bank, outbox, reconciliation = await asyncio.gather(
+        _database(runtime),
+        _kafka(runtime),
+        _bank(runtime),
+        _outbox(runtime),
+        _reconciliation(runtime),
     )
-    checks = {"database": database, "kafka": kafka, "bank": bank, "outbox": outbox}
+    checks = {
+        "database": database,
+        "kafka": kafka,
+        "bank": bank,
+        "outbox": outbox,
+        "reconciliation": reconciliation,
+    }
     if database["status"] != "up":
         status = "unhealthy"
     elif any(check["status"] == "down" for check in checks.values()):

@@ -18,7 +18,12 @@ from app.api.schemas import (
     RefundResponse,
 )
 from app.core.jsoncodec import dump_json
-from app.services.idempotency import Answer, IdempotencyKey, request_fingerprint
+from app.services.idempotency import (
+    Answer,
+    IdempotencyKey,
+    legacy_request_fingerprint,
+    request_fingerprint,
+)
 from app.services.payments import CardDetails, get_payment, process_payment
 from app.services.refunds import refund_payment
 
@@ -55,10 +60,26 @@ COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
 IDEMPOTENT_ERRORS: dict[int | str, dict[str, Any]] = {
     409: _problem("`idempotency_in_progress`, `payment_not_refundable`, `refund_exceeds_balance`."),
     503: _problem(
-        "`bank_unavailable`: the bank gave no answer; the attempt is recorded as failed and "
-        "its `transaction_id` is in the body. See `Retry-After`."
+        "`bank_unavailable`: the bank certainly did not receive the request; nothing was "
+        "charged, the attempt is recorded as failed and its `transaction_id` is in the body. "
+        "`service_unavailable`: the database cannot be reached; nothing was done. Both carry "
+        "`Retry-After`; a retry may reuse the Idempotency-Key."
     ),
 }
+
+
+def _accepted(what: str, model: type[Any]) -> dict[int | str, dict[str, Any]]:
+    return {
+        202: {
+            "description": (
+                f"The bank's answer is unknown (a timeout, a 5xx, a lost connection): the "
+                f"{what}, recorded and not yet settled. The reconciler asks the bank and "
+                "settles it; `GET` the payment for the outcome (its event says it too). "
+                "Remembered for the Idempotency-Key."
+            ),
+            "model": model,
+        }
+    }
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
@@ -70,7 +91,7 @@ def _respond(answer: Answer) -> Response:
     headers: dict[str, str] = {}
     if answer.replayed:
         headers["Idempotent-Replayed"] = "true"
-        if answer.status == 503:
+        if answer.status == 503:  # an answer remembered by a release before 0.2
             headers["Retry-After"] = str(answer.body.get("retry_after_s", 30))
     return _json(answer.status, answer.body, headers)
 
@@ -80,21 +101,32 @@ async def _idempotency(
 ) -> IdempotencyKey | None:
     if key is None:
         return None
-    body = await request.body()
-    fingerprint = request_fingerprint(
-        secret=runtime.fingerprint_secret,
-        method=request.method,
-        path=request.url.path,
-        body=await request.json() if body else None,
+    body = await request.json() if await request.body() else None
+    secret, method, path = runtime.fingerprint_secret, request.method, request.url.path
+    return IdempotencyKey(
+        key=key,
+        fingerprint=request_fingerprint(
+            secret=secret,
+            method=method,
+            path=path,
+            body=body,
+            card_fingerprint=runtime.services.vault.fingerprint,
+        ),
+        legacy_fingerprint=legacy_request_fingerprint(
+            secret=secret, method=method, path=path, body=body
+        ),
     )
-    return IdempotencyKey(key=key, fingerprint=fingerprint)
 
 
 @router.post(
     "/process",
     summary="Process a payment",
     response_model=PaymentResponse,
-    responses={**COMMON_ERRORS, **IDEMPOTENT_ERRORS},
+    responses={
+        **_accepted("payment, `processing`,", PaymentResponse),
+        **COMMON_ERRORS,
+        **IDEMPOTENT_ERRORS,
+    },
 )
 async def process(
     body: PaymentRequest,
@@ -104,7 +136,8 @@ async def process(
     correlation_id: CorrelationIdDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
-    """Authorize and capture a card payment. Declines answer 200 with `status: declined`."""
+    """Authorize and capture a card payment. Declines answer 200 with `status: declined`;
+    an unknown bank answer is a 202 with `status: processing`."""
     card = body.card_data
     answer = await process_payment(
         runtime.services,
@@ -154,6 +187,7 @@ async def read(
     summary="Refund a payment",
     response_model=RefundResponse,
     responses={
+        **_accepted("refund, `pending` (its amount reserved),", RefundResponse),
         **COMMON_ERRORS,
         **IDEMPOTENT_ERRORS,
         404: _problem("`payment_not_found`: unknown, or another merchant's."),

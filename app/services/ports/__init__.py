@@ -12,6 +12,7 @@ from datetime import datetime
 from app.services.ports.bank import (
     AuthorizationRequest,
     AuthorizationResult,
+    BankAnswerUnknown,
     BankGateway,
     BankRefundRequest,
     RefundResult,
@@ -35,7 +36,10 @@ from app.services.ports.storage import (
     PaymentQueries,
     PaymentRepository,
     RefundRepository,
+    StoredAnswer,
     UnitOfWork,
+    Unsettled,
+    UnsettledBacklog,
 )
 from app.services.ports.vault import CardVault
 
@@ -47,6 +51,7 @@ __all__ = [
     "AuditLog",
     "AuthorizationRequest",
     "AuthorizationResult",
+    "BankAnswerUnknown",
     "BankGateway",
     "BankRefundRequest",
     "CardVault",
@@ -67,5 +72,8 @@ __all__ = [
     "PaymentRepository",
     "RefundRepository",
     "RefundResult",
+    "StoredAnswer",
     "UnitOfWork",
+    "Unsettled",
+    "UnsettledBacklog",
 ]

@@ -87,6 +87,11 @@ class OutboxRepository(Protocol):
         """Pending count and the age of the oldest pending event."""
         ...
 
+    async def purge_published(self, *, before: datetime, limit: int) -> int:
+        """At once: delete up to ``limit`` events published before ``before`` (rows another
+        process is deleting are skipped); how many."""
+        ...
+
 
 class EventPublisher(Protocol):
     """Publishes committed outbox events; never raises into the request that wrote them."""

@@ -51,6 +51,18 @@ class Metrics(Protocol):
         """A batch went to the broker: how many were acknowledged, how many failed."""
         ...
 
+    def reconciliation_settled(self, *, kind: str, outcome: str, count: int) -> None:
+        """The reconciler settled ``count`` payments or refunds with this outcome."""
+        ...
+
+    def reconciliation_backlog(self, *, payments: int, refunds: int, oldest_age_s: float) -> None:
+        """How many items wait for the bank's answer, and for how long the oldest has."""
+        ...
+
+    def purged(self, *, table: str, rows: int) -> None:
+        """Rows past their retention were deleted."""
+        ...
+
 
 class NoMetrics:
     """Metrics that go nowhere."""
@@ -86,4 +98,13 @@ class NoMetrics:
         """Nothing is sent."""
 
     def outbox_published(self, *, path: str, published: int, failed: int) -> None:
+        """Nothing is sent."""
+
+    def reconciliation_settled(self, *, kind: str, outcome: str, count: int) -> None:
+        """Nothing is sent."""
+
+    def reconciliation_backlog(self, *, payments: int, refunds: int, oldest_age_s: float) -> None:
+        """Nothing is sent."""
+
+    def purged(self, *, table: str, rows: int) -> None:
         """Nothing is sent."""

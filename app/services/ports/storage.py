@@ -22,7 +22,34 @@ from app.services.ports.messaging import OutboxRepository
 
 
 class ConcurrentUpdate(Exception):  # noqa: N818 - the vocabulary of the port
-    """A conditional write found its row changed by someone else; nothing was written."""
+    """A conditional write found its row changed by someone else (or an idempotency key
+    already taken); nothing of the unit was written."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unsettled[T]:
+    """An item the reconciler claimed, and how many times it has been claimed so far."""
+
+    item: T
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class UnsettledBacklog:
+    """What waits for the bank's answer: payments ``processing``, refunds ``pending``."""
+
+    payments: int
+    refunds: int
+    oldest_age_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAnswer:
+    """The answer an Idempotency-Key replays: an HTTP-like status (200 settled, 202 the
+    bank's answer is still unknown) and the body."""
+
+    status: int
+    body: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,38 +110,71 @@ class ApiKeyRepository(Protocol):
 
 
 class PaymentRepository(Protocol):
-    """Payments with their refunds, always scoped to the merchant that owns them."""
+    """Payments with their refunds, scoped to the merchant that owns them (``None`` only
+    for the service's own background work)."""
 
-    def add(self, payment: Payment) -> None:
-        """Stage a new payment."""
+    def add(self, payment: Payment, *, reconcile_at: datetime | None = None) -> None:
+        """Stage a new payment; a ``processing`` one is reconciled from ``reconcile_at``."""
         ...
 
-    async def get_for_update(self, transaction_id: str, *, merchant_id: str) -> Payment | None:
-        """The merchant's payment with its refunds, row-locked until the unit ends."""
+    async def get_for_update(
+        self, transaction_id: str, *, merchant_id: str | None
+    ) -> Payment | None:
+        """The payment with its refunds, row-locked until the unit ends."""
         ...
 
-    def update(self, payment: Payment, *, expected_status: PaymentStatus | None = None) -> None:
+    def update(
+        self,
+        payment: Payment,
+        *,
+        expected_status: PaymentStatus | None = None,
+        reconcile_at: datetime | None = None,
+    ) -> None:
         """Stage writing the payment's state; with ``expected_status``, only if the stored
-        row still has that status (else the commit raises :class:`ConcurrentUpdate`)."""
+        row still has that status (else the commit raises :class:`ConcurrentUpdate`).
+        A payment still ``processing`` is next reconciled at ``reconcile_at`` (when given);
+        a settled one no longer is."""
+        ...
+
+    async def claim_unsettled(
+        self, *, now: datetime, lease: timedelta, limit: int
+    ) -> list[Unsettled[Payment]]:
+        """At once (its own statement): up to ``limit`` ``processing`` payments due for
+        reconciliation, each leased (not due again) for ``lease``; none twice at a time,
+        whichever process asks."""
+        ...
+
+    def defer_reconciliation(self, transaction_id: str, *, at: datetime) -> None:
+        """Stage: ask the bank about this processing payment again at ``at``."""
         ...
 
 
 class RefundRepository(Protocol):
     """Refunds, which belong to their payment."""
 
-    def add(self, refund: Refund) -> None:
-        """Stage a new refund."""
+    def add(self, refund: Refund, *, reconcile_at: datetime | None = None) -> None:
+        """Stage a new refund; a ``pending`` one is reconciled from ``reconcile_at``."""
         ...
 
-    def update(self, refund: Refund) -> None:
-        """Stage writing the refund's outcome."""
+    def update(self, refund: Refund, *, reconcile_at: datetime | None = None) -> None:
+        """Stage writing the refund's outcome (a settled refund is no longer reconciled)."""
+        ...
+
+    async def claim_unsettled(
+        self, *, now: datetime, lease: timedelta, limit: int
+    ) -> list[Unsettled[Refund]]:
+        """As :meth:`PaymentRepository.claim_unsettled`, for ``pending`` refunds."""
+        ...
+
+    def defer_reconciliation(self, refund_id: str, *, at: datetime) -> None:
+        """Stage: ask the bank about this pending refund again at ``at``."""
         ...
 
 
 class IdempotencyRepository(Protocol):
-    """Idempotency keys: an atomic claim, then the stored answer."""
+    """Idempotency keys: a claim written with the attempt it protects, then the answer."""
 
-    async def claim(
+    def claim(
         self,
         *,
         merchant_id: str,
@@ -124,26 +184,35 @@ class IdempotencyRepository(Protocol):
         now: datetime,
         lock_for: timedelta,
         keep_for: timedelta,
-    ) -> str | None:
-        """Claim the key at once (its own statement) and return its resource id; ``None``
-        when another request holds or used the key.
-
-        A claim left behind by a crashed request (unfinished past ``locked_until``, same
-        fingerprint) is taken over with the resource id it had; an expired record starts
-        afresh.
-        """
+        answer: StoredAnswer | None = None,
+    ) -> None:
+        """Stage the claim as the unit's condition: the commit raises
+        :class:`ConcurrentUpdate` (and writes nothing) when the merchant already used the
+        key and it has not expired. With ``answer``, the key is stored completed at once."""
         ...
 
     async def get(self, *, merchant_id: str, key: str) -> IdempotencyRecord | None:
         """The stored record for this merchant's key."""
         ...
 
-    def complete(self, *, merchant_id: str, key: str, status: int, body: dict[str, Any]) -> None:
+    def complete(self, *, merchant_id: str, key: str, answer: StoredAnswer) -> None:
         """Stage the answer that later requests with the key replay."""
         ...
 
-    async def release(self, *, merchant_id: str, key: str) -> None:
-        """Forget an unfinished claim whose request is not to be remembered."""
+    def release(self, *, merchant_id: str, key: str) -> None:
+        """Stage forgetting an unfinished claim whose request is not to be remembered."""
+        ...
+
+    async def take_over(
+        self, *, merchant_id: str, key: str, request_fingerprint: str, now: datetime
+    ) -> bool:
+        """At once: forget an unfinished claim left past its lock by a request that kept
+        nothing else; whether there was one to forget."""
+        ...
+
+    async def purge_expired(self, *, now: datetime, limit: int) -> int:
+        """At once: delete up to ``limit`` records past their retention (rows another
+        process is deleting are skipped); how many."""
         ...
 
 
@@ -152,6 +221,19 @@ class AuditLog(Protocol):
 
     def append(self, entry: AuditEntry) -> None:
         """Stage an entry, written atomically with the rest of the unit."""
+        ...
+
+    async def count_refused_authentication(
+        self,
+        *,
+        source: str,
+        reason: str,
+        at: datetime,
+        correlation_id: str | None,
+        details: dict[str, Any],
+    ) -> None:
+        """At once: count a refused authentication in its source's row for that minute
+        and reason (one row per source, reason and minute, however many refusals)."""
         ...
 
 
@@ -210,4 +292,8 @@ class PaymentQueries(Protocol):
 
     async def merchant_for_key(self, key_hash: str) -> Merchant | None:
         """The merchant of the unrevoked API key with this digest, or None."""
+        ...
+
+    async def unsettled_backlog(self) -> UnsettledBacklog:
+        """How many payments and refunds wait for the bank's answer, and the oldest's age."""
         ...

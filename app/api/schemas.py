@@ -106,7 +106,33 @@ def _unstorable_number(value: Any) -> bool:
     return False
 
 
+METADATA_MAX_DEPTH = 32
+"""How deeply metadata may nest objects and arrays (the top-level object is depth 1)."""
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value`` nests objects and arrays, without recursing (a hostile body
+    could nest deeper than Python's recursion limit)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        current, depth = stack.pop()
+        if isinstance(current, dict):
+            children: Any = current.values()
+        elif isinstance(current, list):
+            children = current
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > METADATA_MAX_DEPTH:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    if _depth(value) > METADATA_MAX_DEPTH:
+        raise ValueError(f"metadata may nest objects and arrays at most {METADATA_MAX_DEPTH} deep")
     if _contains_nul(value):
         raise ValueError("metadata must not contain NUL characters")
     if _unstorable_number(value):

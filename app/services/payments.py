@@ -308,7 +308,7 @@ class _Attempt:
                 await uow.commit()
         except ConcurrentUpdate:
             return _KeyTaken()
-        _report(ctx, payment)
+        report_outcome(ctx, payment)
         await ctx.publisher.publish_committed(messages)
         return answer
 
@@ -352,7 +352,7 @@ class _Attempt:
             failure_code=payment.failure_code,
         )
         if not unknown:
-            _report(ctx, payment)
+            report_outcome(ctx, payment)
         with span("payment.publish"):
             await ctx.publisher.publish_committed(messages)
         return answer
@@ -435,7 +435,8 @@ def _as_recorded(payment: Payment) -> Payment:
     )
 
 
-def _report(ctx: ServiceContext, payment: Payment) -> None:
+def report_outcome(ctx: ServiceContext, payment: Payment) -> None:
+    """Count and log a payment that reached its outcome."""
     ctx.metrics.payment_processed(
         status=payment.status.value,
         currency=payment.currency,

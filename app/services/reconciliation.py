@@ -30,7 +30,12 @@ from app.domain.audit import RECONCILER_ACTOR
 from app.domain.errors import BankUnavailable
 from app.domain.payments import BANK_NO_RECORD, Payment, Refund
 from app.services.context import ServiceContext
-from app.services.payments import apply_authorization, payment_audit, settle_payment
+from app.services.payments import (
+    apply_authorization,
+    payment_audit,
+    report_outcome,
+    settle_payment,
+)
 from app.services.ports import BankAnswerUnknown, ConcurrentUpdate, RefundResult, Unsettled
 from app.services.refunds import settle_refund
 from app.services.telemetry import span
@@ -117,19 +122,7 @@ async def _reconcile_payment(
         except ConcurrentUpdate:
             return  # its request settled it meanwhile, from the same bank
         report.settled["payment", payment.status.value] += 1
-        ctx.metrics.payment_processed(
-            status=payment.status.value,
-            currency=payment.currency,
-            amount_minor=payment.amount.minor,
-            decline_code=payment.decline_code,
-            failure_code=payment.failure_code,
-        )
-        logger.info(
-            "reconciled payment %s: %s",
-            payment.transaction_id,
-            payment.status.value,
-            extra={"transaction_id": payment.transaction_id, "status": payment.status.value},
-        )
+        report_outcome(ctx, payment)
         await ctx.publisher.publish_committed(messages)
 
 

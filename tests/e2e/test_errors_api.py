@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import io
 import json
@@ -22,7 +21,6 @@ from app.api.routes import payments as payment_routes
 from app.core.config import Settings
 from app.core.logging import build_handler
 from app.domain.errors import ERROR_CODES, BankUnavailable
-from app.main import create_app
 from app.services import merchants
 from app.services import payments as payment_services
 from app.services import refunds as refund_services
@@ -38,6 +36,7 @@ from app.services.ports import (
 from app.services.reconciliation import reconcile_once
 from tests.conftest import MerchantCredentials, make_settings, payment_body
 from tests.e2e.api_calls import PROCESS, assert_problem, pay, payment_url, refund, refund_url
+from tests.e2e.in_process_app import running_app
 
 MAX_BODY = 64 * 1024
 
@@ -111,14 +110,6 @@ def counting_bank(client: httpx.AsyncClient) -> CountingBank:
     bank = CountingBank(runtime.services.bank)
     runtime.services = dataclasses.replace(runtime.services, bank=bank)
     return bank
-
-
-@contextlib.asynccontextmanager
-async def running(app: Any) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
 
 
 class GatedBank:
@@ -222,7 +213,7 @@ async def produce(code: str, s: Scene) -> httpx.Response:
             return await pay(client, merchant)
         case "service_unavailable":
             settings = make_settings(database_url=UNREACHABLE_DATABASE, cache_ttl_s=0)
-            async with running(create_app(settings)) as down:
+            async with running_app(settings) as down:
                 return await pay(down, merchant)
     raise AssertionError(f"no request produces {code}")
 

@@ -13,20 +13,18 @@ import json
 import subprocess
 import sys
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
 from app.adapters.db.unit_of_work import SqlUnitOfWork
 from app.core.config import Settings
-from app.main import create_app
 from app.services.context import ServiceContext
 from tests.conftest import MerchantCredentials, make_settings, payment_body
+from tests.e2e.in_process_app import running_app
 from tests.integration.test_outbox_relay import (
     KAFKA,
     Record,
@@ -87,16 +85,6 @@ def broker() -> Iterator[Broker]:
     finally:
         if handle.stopped:
             Broker._stack("up")
-
-
-@asynccontextmanager
-async def running_app(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The app with its whole lifespan, ended when the block ends."""
-    app: FastAPI = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
 
 
 async def kafka_health_is(client: httpx.AsyncClient, status: str) -> None:

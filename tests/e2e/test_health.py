@@ -20,7 +20,7 @@ from app.api.deps import Runtime, drain_on_sigterm
 from app.services.ports import BankGateway
 from tests.conftest import MerchantCredentials, make_settings
 from tests.e2e.api_calls import pay
-from tests.e2e.test_events_kafka import running_app
+from tests.e2e.in_process_app import running_app
 
 
 class CountingPings:

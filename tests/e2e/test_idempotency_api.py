@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -14,33 +12,15 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.core.config import Settings
-from app.main import create_app
 from app.services.ports import AuthorizationRequest, AuthorizationResult, BankGateway
 from tests.conftest import MerchantCredentials, make_settings, payment_body
 from tests.e2e.api_calls import PROCESS, assert_problem, pay, payment_url, refund
+from tests.e2e.in_process_app import closed_port, running_app
 
 
 async def count(engine: AsyncEngine, table: str) -> int:
     async with engine.connect() as conn:
         return int(await conn.scalar(text(f"SELECT count(*) FROM {table}")) or 0)
-
-
-def closed_port() -> int:
-    """A loopback port nobody listens on: connecting to it is refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.asynccontextmanager
-async def running_app(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """Another instance of the real app, with these settings, on the same database."""
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
 
 
 class SlowBank:

@@ -20,7 +20,8 @@ import pytest
 from app.adapters.metrics import CATALOGUE, PREFIX
 from app.core.config import Settings
 from tests.conftest import MerchantCredentials, make_settings, payment_body
-from tests.e2e.test_events_kafka import kafka_health_is, running_app
+from tests.e2e.in_process_app import running_app
+from tests.e2e.test_events_kafka import kafka_health_is
 from tests.integration.test_outbox_relay import KAFKA
 
 PAY = "/api/v1/payments/process"

@@ -6,12 +6,10 @@ The bank is the in-process simulator, which answers from the test-card table.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,12 +17,11 @@ import httpx
 import pytest
 import simplejson
 
-from app.core.config import Settings
 from app.domain.cards import TEST_CARDS, BankBehaviour, TestCard
-from app.main import create_app
 from app.services.ports import AuthorizationRequest, AuthorizationResult, BankGateway
 from tests.conftest import MerchantCredentials, make_settings, payment_body
 from tests.e2e.api_calls import PROCESS, assert_problem, pay, payment_url, post_exact
+from tests.e2e.in_process_app import closed_port, running_app
 
 BRAND_BY_FIRST_DIGIT = {"4": "visa", "5": "mastercard", "3": "amex"}
 
@@ -102,23 +99,6 @@ FAST_RECONCILER: dict[str, Any] = {
 """A reconciler that asks the bank within a second and gives up on "no record" after one."""
 
 SETTLE_WITHIN_S = 15.0
-
-
-def closed_port() -> int:
-    """A loopback port nobody listens on: connecting to it is refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.asynccontextmanager
-async def running_app(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The real app (lifespan, reconciler and all) with these settings."""
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
 
 
 async def wait_until_settled(

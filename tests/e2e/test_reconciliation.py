@@ -14,7 +14,7 @@ import pytest
 from app.core.config import Settings
 from tests.conftest import MerchantCredentials, make_settings, payment_body
 from tests.e2e.api_calls import PROCESS, assert_problem, payment_url, refund_url
-from tests.e2e.test_events_kafka import running_app
+from tests.e2e.in_process_app import running_app
 from tests.integration.test_outbox_relay import KAFKA, eventually, tail_topic
 from tests.mockserver_bank import (
     clear_expectation,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.main import create_app
 from tests.conftest import MerchantCredentials, make_settings
 from tests.e2e.api_calls import assert_problem, pay, payment_url, refund, refund_url
+from tests.e2e.in_process_app import closed_port
 
 
 async def create_payment(
@@ -34,13 +34,6 @@ async def create_payment(
     assert response.status_code in (200, 202, 503), response.text
     body: dict[str, Any] = response.json()
     return body
-
-
-def closed_port() -> int:
-    """A loopback port nobody listens on: connecting to it is refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def read(

@@ -129,5 +129,5 @@ bench: install ## Load-test 2 uvicorn workers with wrk, full stack and simulator
 	@bash scripts/bench.sh
 
 .PHONY: soak
-soak: install ## Bounded soak with Kafka and PostgreSQL restarts and a slow bank; checks the invariants
+soak: install ## Bounded soak: Kafka and PostgreSQL restarts, a slow bank, a killed worker; checks the invariants
 	@bash scripts/soak.sh

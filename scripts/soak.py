@@ -2,31 +2,80 @@
 
 Starts the service like ``scripts/bench.py`` does (uvicorn, 2 workers, APP_ENV=production,
 MockServer as the bank, Kafka, a dedicated database ``SOAK_DB``, default
-``payments_soak``), drives a mixed load at a moderate rate from an asyncio httpx client
-for ``SOAK_SECONDS`` (default 180), and meanwhile:
+``payments_soak``), with short reconciliation windows (below), drives a mixed load at a
+moderate rate from an asyncio httpx client for ``SOAK_SECONDS`` (default 180), and
+meanwhile injects, at fixed fractions of the run:
 
-* restarts Kafka twice and PostgreSQL once (``scripts/stack.sh down X`` / ``up X``);
-* makes the bank slow for ``SOAK_BANK_SLOW_S`` (default 15 s): a MockServer expectation,
-  above the default ones, that answers every bank call after the app's bank timeout.
+* 15 %: Kafka restart (``stack.sh down kafka``, 5 s, ``up kafka``);
+* 38 %: PostgreSQL restart (the same);
+* 58 %: the bank turns slow for ``SOAK_BANK_SLOW_S`` (default 15 s): MockServer
+  expectations above the default ones answer every authorization and refund of this run
+  after the service's bank timeout (approved ``SLOW01`` / declined for the declined card /
+  500 for the error card / refund succeeded ``slow_refund_01``). The service's attempts
+  time out, so these requests answer **202** (payment ``processing``, refund ``pending``)
+  and the circuit opens (503 ``bank_unavailable``: the bank certainly was not asked);
+* ``SOAK_KILL_AFTER_S`` (default 5 s) into the slow window: **SIGKILL of one uvicorn
+  worker** (never the supervisor: uvicorn >= 0.30 replaces a dead worker, which the drill
+  verifies; if no replacement appears within 30 s the whole service is killed and started
+  again on the same port), while the bank holds requests of that worker;
+* 78 %: Kafka restart again.
 
-The load mixes new payments (approved and declined cards), status reads, partial refunds,
-racing refunds of one payment, idempotent retries (the same request re-sent with the same
-``Idempotency-Key``) and racing duplicates (the same new request twice at once). Every
-response is recorded with its timestamps and status in ``.bench/soak-responses.jsonl``.
+The load mixes new payments (approved, 5 % declined and 2 % "bank error" cards -- MockServer
+answers 500 to 4000000000000119, so the reconciler must end them ``failed`` /
+``bank_no_record``), status reads, partial refunds, racing refunds of one payment,
+idempotent retries (the same request re-sent with the same ``Idempotency-Key``) and racing
+duplicates (the same new request twice at once). Each request carries an
+``X-Correlation-ID`` of this run (``soak-<run>-<n>``): the slow-bank expectations match
+only this run's traffic, so a shared MockServer is slowed for nobody else. Every response is
+recorded with its timestamps and status in ``.bench/soak-responses.jsonl``.
 
-Afterwards it checks, from the database, the bank's request log, the topic and the
+MockServer has no memory: its status lookups (``GET /v1/authorizations/{id}``,
+``GET /v1/refunds/{id}``) answer 404 ``no_such_record`` unless told otherwise. The drill
+plays **the bank's memory** (:class:`BankMemory`): every ``SOAK_BANK_MEMORY_INTERVAL_S``
+(default 3 s), and once more after the load, it records what MockServer received from this
+run and answered (``/mockserver/retrieve?type=REQUESTS`` and ``REQUEST_RESPONSES``), takes
+the ids whose outcome the service does not know (payments ``processing`` and refunds
+``pending`` in the database -- or, while PostgreSQL is down, those answered 202) and
+registers the bank's decision as the lookup's answer for that id. Since MockServer 5.15
+keeps only about heap/80 KB log entries (some 1,500 requests with the stack's -Xmx256m),
+fewer than a full drill sends, the record is kept here and the run's entries MockServer no
+longer needs are cleared from its log (the run's status lookups, and the requests of ids
+whose bank calls are certainly over). It also samples, by SQL every 2 s, the refund
+balance of every payment (:class:`RefundSampler`). After the load it waits
+(``SOAK_SETTLE_TIMEOUT``, default 120 s) until nothing is ``processing`` or ``pending``.
+
+The service runs with RECONCILE_FIRST_DELAY_S=2, RECONCILE_INTERVAL_S=1,
+RECONCILE_MAX_INTERVAL_S=5 and RECONCILE_NO_RECORD_AFTER_S = RECONCILE_LEASE_S = the
+service's longest bank call (``Settings.longest_bank_call_s``, 16 s by default) + 5 s, unless
+the environment sets them.
+
+Afterwards it checks, from the database, MockServer's request log, the topic and the
 responses:
 
-1. no payment charged twice for one idempotency key (each key maps to one transaction,
-   each transaction to one key, every authorization the bank saw to a key's resource id,
-   and every answer for one key names the same transaction);
-2. no refund total above its capture (succeeded refunds <= amount, and = refunded_minor);
-3. every committed state change on the topic at least once (every transaction and refund
-   has its outbox event; the backlog drains; every outbox event_id is read back from the
-   topic, from the offsets it had before the run);
-4. idempotent replays repeat the first answer;
-5. no 5xx (or no answer) outside the restart windows, except 503 ``bank_unavailable``;
-6. the service is healthy again at the end (``/health`` healthy, possibly after degraded).
+1. no payment charged twice for one idempotency key (each key maps to one transaction and
+   back -- a transaction failed before reaching the bank, whose key was released, excepted
+   -- every authorization the bank saw belongs to a key, and every answer for one key
+   except 503 ``bank_unavailable`` names the same transaction);
+2. every bank decision recorded: each authorization and refund MockServer received has a
+   row whose final status is the bank's decision (approved -> ``captured`` or a refunded
+   status, declined -> ``declined``, refund succeeded -> ``succeeded``; only 5xx from the
+   bank -> ``failed`` / ``bank_no_record``): "0 missing, 0 mismatched";
+3. everything settled: no payment ``processing`` and no refund ``pending`` after the wait;
+4. no refund total above its capture: succeeded + pending refunds <= the amount, and
+   ``refunded_minor`` / ``refund_pending_minor`` are their sums -- at the end and in every
+   sample taken during the run;
+5. every committed state change on the topic at least once (every transaction and refund
+   has its events, every settled one its settling event; the backlog drains; every outbox
+   event_id is read back from the topic, from the offsets it had before the run);
+6. idempotent replays repeat the stored answer (a remembered 202 replays as the same 202;
+   a key whose request died answers the current state, which never goes from 200 back to
+   202);
+7. no 5xx and no silence outside the fault windows (503 ``bank_unavailable`` allowed
+   anywhere; 202 is a normal answer), and inside them only what the fault explains: 503
+   ``service_unavailable`` in the PostgreSQL window, no answer for requests the killed
+   worker held; never a 500;
+8. the service is healthy again at the end (``/health`` healthy, possibly after degraded);
+9. the workers: only the killed one was replaced, by one new worker.
 
 It prints those figures, RSS per worker at the end against after warm-up, writes
 ``.bench/soak-report.json`` and exits 1 if an invariant fails (2 if the drill itself could
@@ -37,8 +86,13 @@ machine point ``STACK_SCRIPT`` (and POSTGRES_PORT, ZOOKEEPER_PORT, KAFKA_PORT,
 MOCKSERVER_PORT) at a private copy of the stack, as ``docs/performance.md`` shows.
 
 Environment (all optional): SOAK_SECONDS=180 SOAK_RATE=20 (requests/s) SOAK_WORKERS=2
-SOAK_DB=payments_soak SOAK_BANK_SLOW_S=15 SOAK_DRAIN_TIMEOUT=120 SOAK_MAX_INFLIGHT=200
-KAFKA_TOPIC=payments.events BANK_TIMEOUT_S=3 (must match the service's).
+SOAK_DB=payments_soak SOAK_BANK_SLOW_S=15 SOAK_KILL_WORKER=1 (0: no SIGKILL)
+SOAK_KILL_AFTER_S=5 (into the slow window) SOAK_BANK_MEMORY=1 (0: no lookup answers, a
+negative control: the reconciler then fails what the bank approved, and the bank-decision
+invariant must fail) SOAK_BANK_MEMORY_INTERVAL_S=3 SOAK_SETTLE_TIMEOUT=120
+SOAK_DRAIN_TIMEOUT=120 SOAK_MAX_INFLIGHT=200 SOAK_SEED (random) KAFKA_TOPIC=payments.events;
+the service's BANK_TIMEOUT_S, BANK_CONNECT_TIMEOUT_S, BANK_MAX_RETRIES, BANK_BACKOFF_MAX_S
+and RECONCILE_* are read from the environment too (the drill's timings follow them).
 """
 
 from __future__ import annotations
@@ -46,11 +100,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
+import re
 import secrets
+import signal
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -58,6 +116,7 @@ from typing import Any
 
 import bench
 import httpx
+import psycopg2
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from bench import (
     AppServer,
@@ -76,12 +135,70 @@ from bench import (
 
 APPROVED_CARD = "4242424242424242"
 DECLINED_CARD = "4000000000000002"
+ERROR_CARD = "4000000000000119"  # MockServer answers 500 every time: no bank decision
+DECLINED_SHARE = 0.05
+ERROR_SHARE = 0.02
 SLOW_EXPECTATION_ID = "soak-bank-slow"
+SLOW_EXPECTATION_IDS = [
+    f"{SLOW_EXPECTATION_ID}-{suffix}" for suffix in ("declined", "error", "approved", "refund")
+]
+SLOW_AUTHORIZATION_CODE = "SLOW01"
+SLOW_REFUND_REFERENCE = "slow_refund_01"
+LOOKUP_PRIORITY = 1000  # like tests/mockserver_bank.py: above every committed expectation
 REQUEST_TIMEOUT_S = 30.0
 # How long after a dependency is back its restart may still show (pool reconnects,
 # the relay's backoff, the bank circuit's reset).
 POSTGRES_GRACE_S = 15.0
 KAFKA_GRACE_S = 10.0
+WORKER_GRACE_S = 5.0
+WORKER_RESPAWN_TIMEOUT_S = 30.0
+# Failures that say the bank certainly was not asked: the payment is failed, its key released.
+NOT_SENT_FAILURES = ("circuit_open", "bank_unreachable", "processing_error")
+BANK_NO_RECORD = "bank_no_record"
+PAYMENT_DECISIONS = {
+    "approved": {"captured", "authorized", "partially_refunded", "refunded"},
+    "declined": {"declined"},
+}
+REFUND_DECISIONS = {"succeeded": {"succeeded"}, "failed": {"failed"}}
+# The event a settled item must have on the topic, by its final status.
+SETTLING_EVENTS = {
+    "captured": "payment.captured",
+    "partially_refunded": "payment.captured",
+    "refunded": "payment.captured",
+    "declined": "payment.declined",
+    "failed": "payment.failed",
+}
+
+
+def longest_bank_call_s() -> float:
+    """The service's longest logical bank call, by its own formula and this environment."""
+    from app.core.config import Settings  # the editable install puts the repo on the path
+
+    kinds = {
+        "bank_timeout_s": float,
+        "bank_connect_timeout_s": float,
+        "bank_max_retries": int,
+        "bank_backoff_max_s": float,
+    }
+    values = {
+        name: kind(os.environ[name.upper()])
+        for name, kind in kinds.items()
+        if os.environ.get(name.upper(), "").strip()
+    }
+    return float(Settings.model_construct(**values).longest_bank_call_s)
+
+
+def reconcile_settings() -> dict[str, str]:
+    """Short reconciliation windows for the drill (the environment's own values win)."""
+    beyond_bank = f"{longest_bank_call_s() + 5:g}"
+    wanted = {
+        "RECONCILE_FIRST_DELAY_S": "2",
+        "RECONCILE_INTERVAL_S": "1",
+        "RECONCILE_MAX_INTERVAL_S": "5",
+        "RECONCILE_NO_RECORD_AFTER_S": beyond_bank,
+        "RECONCILE_LEASE_S": beyond_bank,
+    }
+    return {name: os.environ.get(name, "").strip() or value for name, value in wanted.items()}
 
 
 @dataclass
@@ -93,11 +210,24 @@ class SoakConfig:
     workers: int = field(default_factory=lambda: env_int("SOAK_WORKERS", 2))
     database: str = field(default_factory=lambda: env_str("SOAK_DB", "payments_soak"))
     bank_slow_s: float = field(default_factory=lambda: env_float("SOAK_BANK_SLOW_S", 15))
+    kill_worker: bool = field(default_factory=lambda: env_str("SOAK_KILL_WORKER", "1") != "0")
+    kill_after_s: float = field(default_factory=lambda: env_float("SOAK_KILL_AFTER_S", 5))
+    bank_memory: bool = field(default_factory=lambda: env_str("SOAK_BANK_MEMORY", "1") != "0")
+    memory_interval_s: float = field(
+        default_factory=lambda: env_float("SOAK_BANK_MEMORY_INTERVAL_S", 3)
+    )
+    settle_timeout_s: float = field(default_factory=lambda: env_float("SOAK_SETTLE_TIMEOUT", 120))
     drain_timeout_s: float = field(default_factory=lambda: env_float("SOAK_DRAIN_TIMEOUT", 120))
     max_inflight: int = field(default_factory=lambda: env_int("SOAK_MAX_INFLIGHT", 200))
     topic: str = field(default_factory=lambda: env_str("KAFKA_TOPIC", "payments.events"))
     bank_timeout_s: float = field(default_factory=lambda: env_float("BANK_TIMEOUT_S", 3))
     seed: int = field(default_factory=lambda: env_int("SOAK_SEED", 0) or secrets.randbelow(10**6))
+    run_tag: str = field(default_factory=lambda: secrets.token_hex(3))
+
+    @property
+    def correlation_prefix(self) -> str:
+        """Every request of this run carries an X-Correlation-ID starting with this."""
+        return f"soak-{self.run_tag}-"
 
 
 @dataclass
@@ -105,15 +235,28 @@ class Window:
     """A fault: from when it was injected to when the dependency was back."""
 
     name: str
+    kind: str  # kafka | postgres | bank | worker
     start: float
     end: float | None = None
     grace_s: float = 0.0
-    restart: bool = True  # restart windows tolerate 5xx; the bank-slow one does not
 
     def covers(self, t0: float, t1: float) -> bool:
         """Whether a request in flight from t0 to t1 overlaps the window (plus grace)."""
         end = (self.end if self.end is not None else float("inf")) + self.grace_s
         return t0 <= end and t1 >= self.start
+
+    def explains(self, record: Record) -> bool:
+        """Whether this fault explains a failed request it covers."""
+        if self.kind == "postgres":
+            return record.status == 503 and record.code == "service_unavailable"
+        if self.kind == "worker":
+            return record.status == 0  # the request died with the worker
+        return False
+
+    @property
+    def label(self) -> str:
+        """Name and start, to tell two windows of one kind apart."""
+        return f"{self.name} @{self.start:.0f}s"
 
 
 @dataclass
@@ -127,8 +270,17 @@ class Record:
     code: str | None = None
     key: str | None = None
     transaction_id: str | None = None
+    refund_id: str | None = None
     replayed: bool = False
     error: str | None = None
+
+    @property
+    def label(self) -> str:
+        """'503 service_unavailable', '0 RemoteProtocolError', '202', ..."""
+        return f"{self.status} {self.code or self.error or ''}".strip()
+
+
+Answer = tuple[int, dict[str, Any] | None, bool]
 
 
 @dataclass
@@ -137,7 +289,7 @@ class PaymentRequestState:
 
     key: str
     body: str
-    answers: list[tuple[int, dict[str, Any] | None, bool]] = field(default_factory=list)
+    answers: list[Answer] = field(default_factory=list)
 
 
 @dataclass
@@ -147,7 +299,7 @@ class RefundRequestState:
     key: str
     transaction_id: str
     body: str
-    answers: list[tuple[int, dict[str, Any] | None, bool]] = field(default_factory=list)
+    answers: list[Answer] = field(default_factory=list)
 
 
 class LoadClient:
@@ -169,6 +321,8 @@ class LoadClient:
         self.known: list[str] = []
         self._captured_set: set[str] = set()
         self._known_set: set[str] = set()
+        # Payment and refund ids answered 202: the bank's answer is unknown to the service.
+        self.unknown_ids: set[str] = set()
         self.dropped = 0
         self.inflight = 0
         self.tasks: set[asyncio.Task[None]] = set()
@@ -184,6 +338,7 @@ class LoadClient:
             ),
         )
         self.counter = 0
+        self.requests_sent = 0
 
     def now(self) -> float:
         """Seconds since the drill started."""
@@ -239,7 +394,13 @@ class LoadClient:
     # -- operations -----------------------------------------------------------------
 
     def _payment_body(self) -> str:
-        card = DECLINED_CARD if self.rng.random() < 0.05 else APPROVED_CARD
+        roll = self.rng.random()
+        if roll < DECLINED_SHARE:
+            card = DECLINED_CARD
+        elif roll < DECLINED_SHARE + ERROR_SHARE:
+            card = ERROR_CARD
+        else:
+            card = APPROVED_CARD
         amount = Decimal(self.rng.randrange(1000, 20000)) / 100
         return json.dumps(
             {
@@ -265,8 +426,10 @@ class LoadClient:
 
     async def _send(
         self, op: str, method: str, path: str, *, body: str | None = None, key: str | None = None
-    ) -> tuple[int, dict[str, Any] | None, bool]:
+    ) -> Answer:
+        self.requests_sent += 1
         headers = dict(self.headers)
+        headers["X-Correlation-ID"] = f"{self.config.correlation_prefix}{self.requests_sent}"
         if key is not None:
             headers["Idempotency-Key"] = key
         t0 = self.now()
@@ -292,6 +455,7 @@ class LoadClient:
                 code=(payload or {}).get("code") if response.status_code >= 300 else None,
                 key=key,
                 transaction_id=(payload or {}).get("transaction_id"),
+                refund_id=(payload or {}).get("refund_id"),
                 replayed=replayed,
             )
         )
@@ -299,13 +463,15 @@ class LoadClient:
 
     def _remember_payment(self, status: int, payload: dict[str, Any] | None) -> None:
         txn = (payload or {}).get("transaction_id")
-        if status != 200 or not payload or not txn:
+        if status not in (200, 202) or not payload or not txn:
             return
+        if status == 202:
+            self.unknown_ids.add(txn)
         if txn not in self._known_set:
             self._known_set.add(txn)
             self.known.append(txn)
         refundable = payload.get("status") in {"captured", "partially_refunded"}
-        if refundable and txn not in self._captured_set:
+        if status == 200 and refundable and txn not in self._captured_set:
             self._captured_set.add(txn)
             self.captured.append(txn)
 
@@ -356,6 +522,9 @@ class LoadClient:
             key=state.key,
         )
         state.answers.append(answer)
+        refund_id = (answer[1] or {}).get("refund_id")
+        if answer[0] == 202 and refund_id:
+            self.unknown_ids.add(refund_id)
 
     async def partial_refund(self) -> None:
         """A small partial refund of a captured payment."""
@@ -413,32 +582,111 @@ async def mockserver(ports: Ports, path: str, body: Any) -> int:
         return response.status_code
 
 
-def slow_bank_expectation(delay_ms: int) -> dict[str, Any]:
-    """Every bank call answers after ``delay_ms``: above the service's bank timeout."""
-    return {
-        "id": SLOW_EXPECTATION_ID,
-        "priority": 1000,
-        "httpRequest": {"method": "POST", "path": "/v1/.*"},
-        "httpResponse": {
-            "statusCode": 200,
-            "headers": {"Content-Type": ["application/json"]},
-            "body": {"type": "JSON", "json": {"status": "declined", "decline_code": "slow"}},
-            "delay": {"timeUnit": "MILLISECONDS", "value": delay_ms},
-        },
-        "times": {"unlimited": True},
+async def clear_expectations(ports: Ports, ids: Iterable[str], *, parallel: int = 8) -> int:
+    """Remove MockServer expectations by id; returns how many calls failed."""
+    failed = 0
+    queue = list(ids)
+    async with httpx.AsyncClient(base_url=ports.bank_url, timeout=10) as client:
+
+        async def worker() -> None:
+            nonlocal failed
+            while queue:
+                expectation_id = queue.pop()
+                try:
+                    response = await client.put(
+                        "/mockserver/clear",
+                        params={"type": "EXPECTATIONS"},
+                        json={"id": expectation_id},
+                    )
+                    failed += response.status_code >= 300
+                except httpx.HTTPError:
+                    failed += 1
+
+        await asyncio.gather(*(worker() for _ in range(parallel)))
+    return failed
+
+
+def _json_action(status: int, body: dict[str, Any], delay_ms: int | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "statusCode": status,
+        "headers": {"Content-Type": ["application/json"]},
+        "body": {"type": "JSON", "json": body},
     }
+    if delay_ms is not None:
+        response["delay"] = {"timeUnit": "MILLISECONDS", "value": delay_ms}
+    return response
+
+
+def slow_bank_expectations(delay_ms: int, correlation_prefix: str) -> list[dict[str, Any]]:
+    """This run's authorizations and refunds answer after ``delay_ms`` (above the service's
+    bank timeout), each with a decision MockServer's log keeps: the bank decided, the
+    service never heard it."""
+    scope = {"X-Correlation-ID": [re.escape(correlation_prefix) + ".*"]}
+
+    def expectation(
+        suffix: str,
+        priority: int,
+        path: str,
+        status: int,
+        body: dict[str, Any],
+        card: str | None = None,
+    ) -> dict[str, Any]:
+        request: dict[str, Any] = {"method": "POST", "path": path, "headers": scope}
+        if card is not None:
+            request["body"] = {
+                "type": "JSON",
+                "json": {"card": {"number": card}},
+                "matchType": "ONLY_MATCHING_FIELDS",
+            }
+        return {
+            "id": f"{SLOW_EXPECTATION_ID}-{suffix}",
+            "priority": priority,
+            "httpRequest": request,
+            "httpResponse": _json_action(status, body, delay_ms),
+            "times": {"unlimited": True},
+        }
+
+    declined = {
+        "status": "declined",
+        "decline_code": "card_declined",
+        "decline_message": "The card was declined.",
+    }
+    return [
+        expectation("declined", 1002, "/v1/authorizations", 200, declined, DECLINED_CARD),
+        expectation(
+            "error", 1002, "/v1/authorizations", 500, {"error": "processing_error"}, ERROR_CARD
+        ),
+        expectation(
+            "approved",
+            1001,
+            "/v1/authorizations",
+            200,
+            {"status": "approved", "authorization_code": SLOW_AUTHORIZATION_CODE},
+        ),
+        expectation(
+            "refund",
+            1001,
+            "/v1/refunds",
+            200,
+            {"status": "succeeded", "reference": SLOW_REFUND_REFERENCE},
+        ),
+    ]
 
 
 class FaultDriver:
     """Injects the faults on a schedule proportional to the drill's length."""
 
-    def __init__(self, *, stack: Stack, ports: Ports, config: SoakConfig, t0: float) -> None:
+    def __init__(
+        self, *, stack: Stack, ports: Ports, config: SoakConfig, t0: float, server: AppServer
+    ) -> None:
         self.stack = stack
         self.ports = ports
         self.config = config
         self.t0 = t0
+        self.server = server
         self.windows: list[Window] = []
         self.errors: list[str] = []
+        self.killed: dict[str, Any] = {}
 
     def now(self) -> float:
         """Seconds since the drill started."""
@@ -450,7 +698,7 @@ class FaultDriver:
             await asyncio.sleep(delay)
 
     async def _restart(self, service: str, *, down_for_s: float, grace_s: float) -> None:
-        window = Window(name=f"{service} restart", start=self.now(), grace_s=grace_s)
+        window = Window(name=f"{service} restart", kind=service, start=self.now(), grace_s=grace_s)
         self.windows.append(window)
         took = await stack_command(self.stack, "down", service)
         log(f"fault: {service} down at {window.start:.1f} s (stopping took {took:.1f} s)")
@@ -461,23 +709,100 @@ class FaultDriver:
 
     async def _slow_bank(self) -> None:
         delay_ms = int((self.config.bank_timeout_s + 1.5) * 1000)
-        # The circuit opens after a few timeouts and stays open for its reset period
+        # The circuit opens after a few timed-out calls and stays open for its reset period
         # (30 s by default) after the bank is fast again: 503 bank_unavailable meanwhile.
-        window = Window(name="bank slow", start=self.now(), grace_s=35.0, restart=False)
+        window = Window(name="bank slow", kind="bank", start=self.now(), grace_s=35.0)
         self.windows.append(window)
         status = await mockserver(
-            self.ports, "/mockserver/expectation", [slow_bank_expectation(delay_ms)]
+            self.ports,
+            "/mockserver/expectation",
+            slow_bank_expectations(delay_ms, self.config.correlation_prefix),
         )
         log(f"fault: bank answers after {delay_ms} ms from {window.start:.1f} s (HTTP {status})")
-        await asyncio.sleep(self.config.bank_slow_s)
-        status = await mockserver(
-            self.ports, "/mockserver/clear?type=EXPECTATIONS", {"id": SLOW_EXPECTATION_ID}
+        kill = None
+        if self.config.kill_worker:
+            kill = asyncio.create_task(self._kill_worker_after(self.config.kill_after_s))
+        try:
+            await asyncio.sleep(self.config.bank_slow_s)
+        finally:
+            statuses = [
+                await mockserver(
+                    self.ports, "/mockserver/clear?type=EXPECTATIONS", {"id": expectation_id}
+                )
+                for expectation_id in SLOW_EXPECTATION_IDS
+            ]
+            window.end = self.now()
+            log(f"fault: bank fast again at {window.end:.1f} s (HTTP {statuses})")
+            if kill is not None:
+                await kill
+
+    async def _kill_worker_after(self, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        try:
+            await self._kill_worker()
+        except Exception as exc:
+            self.errors.append(f"worker kill: {type(exc).__name__}: {exc}")
+            log(f"fault step failed: worker kill: {exc}")
+
+    async def _kill_worker(self) -> None:
+        """SIGKILL one uvicorn worker (never the supervisor) and wait for its replacement."""
+        server = self.server
+        supervisor = server.pid
+        workers = server.worker_pids()
+        if supervisor is None or not workers:
+            raise RuntimeError("no worker to kill")
+        victim = workers[-1]
+        stat = bench.read_proc_stat(victim)
+        if victim == supervisor or stat is None or stat[0] != supervisor:
+            raise RuntimeError(f"pid {victim} is not a worker of the supervisor {supervisor}")
+        window = Window(
+            name="worker SIGKILL", kind="worker", start=self.now(), grace_s=WORKER_GRACE_S
         )
+        self.windows.append(window)
+        os.kill(victim, signal.SIGKILL)
+        log(f"fault: SIGKILL to worker {victim} at {window.start:.1f} s (supervisor {supervisor})")
+        self.killed = {"pid": victim, "supervisor": supervisor, "at_s": round(window.start, 1)}
+        deadline = time.monotonic() + WORKER_RESPAWN_TIMEOUT_S
+        replacement: list[int] = []
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            now_workers = server.worker_pids()
+            replacement = [pid for pid in now_workers if pid not in workers]
+            if (
+                len(now_workers) == self.config.workers
+                and replacement
+                and victim not in now_workers
+            ):
+                break
+        else:
+            # The supervisor did not replace it: kill the whole service and start it again.
+            log(
+                f"fault: no replacement worker after {WORKER_RESPAWN_TIMEOUT_S:.0f} s:"
+                " SIGKILL to the service, started again"
+            )
+            self.errors.append("uvicorn did not replace the killed worker; service restarted")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(supervisor, signal.SIGKILL)
+            await asyncio.to_thread(self._restart_service)
+            replacement = server.worker_pids()
+            self.killed["service_restarted"] = True
+        # The replacement serves once its lifespan startup is done: wait for it to answer.
+        await asyncio.sleep(1.0)
         window.end = self.now()
-        log(f"fault: bank fast again at {window.end:.1f} s (HTTP {status})")
+        self.killed["replacement"] = replacement
+        self.killed["replaced_after_s"] = round(window.end - window.start, 1)
+        log(f"fault: worker {victim} replaced by {replacement} at {window.end:.1f} s")
+
+    def _restart_service(self) -> None:
+        process = self.server.process
+        if process is not None:
+            with contextlib.suppress(Exception):
+                process.wait(timeout=10)
+        self.server.process = None
+        self.server.start()
 
     async def run(self) -> None:
-        """Kafka, PostgreSQL, the bank, Kafka again; errors are kept, not raised."""
+        """Kafka, PostgreSQL, the bank (and a worker), Kafka again; errors are kept, not raised."""
         steps = [
             (0.15, lambda: self._restart("kafka", down_for_s=5, grace_s=KAFKA_GRACE_S)),
             (0.38, lambda: self._restart("postgres", down_for_s=5, grace_s=POSTGRES_GRACE_S)),
@@ -491,6 +816,361 @@ class FaultDriver:
             except Exception as exc:
                 self.errors.append(f"{type(exc).__name__}: {exc}")
                 log(f"fault step failed: {exc}")
+
+
+# ------------------------------------------------------------------- the bank's memory
+
+
+@dataclass
+class BankExchange:
+    """One request MockServer received (an authorization or a refund) and its answer."""
+
+    kind: str  # authorization | refund
+    key: str  # the Idempotency-Key: the transaction id or the refund id
+    merchant_id: str | None
+    transaction_id: str | None
+    status_code: int | None  # None: no answer logged
+    body: dict[str, Any] | None
+    delay_ms: int
+
+    @property
+    def decision(self) -> str | None:
+        """approved / declined / succeeded / failed, or None (5xx, or nothing usable)."""
+        if self.status_code != 200 or not self.body:
+            return None
+        status = self.body.get("status")
+        valid = PAYMENT_DECISIONS if self.kind == "authorization" else REFUND_DECISIONS
+        return status if status in valid else None
+
+    @property
+    def code(self) -> str | None:
+        """The authorization code, decline code or refund reference the bank gave."""
+        if not self.body:
+            return None
+        for name in ("authorization_code", "decline_code", "reference"):
+            if self.body.get(name):
+                return str(self.body[name])
+        return None
+
+    @classmethod
+    def parse(cls, entry: dict[str, Any]) -> BankExchange | None:
+        """From a REQUEST_RESPONSES (or REQUESTS) entry of MockServer's log."""
+        request = entry.get("httpRequest", entry)
+        path = request.get("path", "")
+        kind = {"/v1/authorizations": "authorization", "/v1/refunds": "refund"}.get(path)
+        headers = {k.lower(): v for k, v in (request.get("headers") or {}).items()}
+        key = (headers.get("idempotency-key") or [""])[0]
+        if kind is None or not key:
+            return None
+        payload = _json_body(request.get("body"))
+        response = entry.get("httpResponse")
+        delay = (response or {}).get("delay") or {}
+        delay_ms = int(delay.get("value", 0)) * (1000 if delay.get("timeUnit") == "SECONDS" else 1)
+        return cls(
+            kind=kind,
+            key=key,
+            merchant_id=(payload or {}).get("merchant_id"),
+            transaction_id=(payload or {}).get("transaction_id"),
+            status_code=response.get("statusCode", 200) if response else None,
+            body=_json_body(response.get("body")) if response else None,
+            delay_ms=delay_ms,
+        )
+
+
+def _json_body(body: Any) -> dict[str, Any] | None:
+    """A MockServer log body as a dict: {"type": "JSON", "json": ...}, a bare object or text."""
+    if isinstance(body, dict) and "json" in body and body.get("type") in ("JSON", None):
+        body = body["json"]
+    elif isinstance(body, dict) and body.get("type") == "STRING":
+        body = body.get("string")
+    if isinstance(body, str):
+        try:
+            body = json.loads(body)
+        except ValueError:
+            return None
+    return body if isinstance(body, dict) else None
+
+
+async def retrieve_bank_log(
+    http: httpx.AsyncClient, *, scope: dict[str, list[str]], kind: str = "REQUEST_RESPONSES"
+) -> list[BankExchange]:
+    """The authorizations and refunds in MockServer's log whose headers match ``scope``."""
+    matcher = {"method": "POST", "path": "/v1/(authorizations|refunds)", "headers": scope}
+    response = await http.put(
+        "/mockserver/retrieve", params={"type": kind, "format": "JSON"}, json=matcher
+    )
+    response.raise_for_status()
+    exchanges = []
+    for entry in response.json():
+        exchange = BankExchange.parse(
+            entry if kind == "REQUEST_RESPONSES" else {"httpRequest": entry}
+        )
+        if exchange is not None:
+            exchanges.append(exchange)
+    return exchanges
+
+
+def lookup_expectation(exchange: BankExchange) -> dict[str, Any]:
+    """The status lookup of ``exchange``'s id answers what the bank answered its POST."""
+    path = "/v1/authorizations/" if exchange.kind == "authorization" else "/v1/refunds/"
+    return {
+        "id": f"soak-lookup-{exchange.key}",
+        "priority": LOOKUP_PRIORITY,
+        "httpRequest": {"method": "GET", "path": path + exchange.key},
+        "httpResponse": _json_action(200, exchange.body or {}),
+        "times": {"unlimited": True},
+    }
+
+
+def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class BankMemory:
+    """The bank's memory, which MockServer lacks.
+
+    Every sweep it records what MockServer received from this run (the run's
+    X-Correlation-ID prefix scopes it) and answered; registers, for every payment and
+    refund whose outcome the service does not know, the lookup answer the bank's decision
+    implies; and clears from MockServer's log the run's entries it no longer needs (status
+    lookups, and requests of ids whose bank calls are certainly over): MockServer 5.15
+    keeps only about heap/80 KB log entries (some 1,500 requests with -Xmx256m), fewer
+    than a full drill sends, so a single read at the end would miss most of them.
+    """
+
+    def __init__(
+        self,
+        *,
+        ports: Ports,
+        db: BenchDatabase,
+        merchant_id: str,
+        unknown_ids: set[str],
+        config: SoakConfig,
+    ) -> None:
+        self.ports = ports
+        self.db = db
+        self.merchant_id = merchant_id
+        self.unknown_ids = unknown_ids  # the load client's 202s, shared
+        self.interval_s = max(0.5, config.memory_interval_s)
+        self.remember = config.bank_memory
+        self.bank_timeout_ms = config.bank_timeout_s * 1000
+        # Every bank call of an id is over this long after its first request reached the bank.
+        self.final_after_s = longest_bank_call_s() + 10
+        self.scope = {"X-Correlation-ID": [re.escape(config.correlation_prefix) + ".*"]}
+        self.received: dict[str, list[BankExchange]] = {}  # id -> requests received
+        self.answered: dict[str, list[BankExchange]] = {}  # id -> requests with their answer
+        self.first_seen: dict[str, float] = {}
+        self.forgotten: set[str] = set()  # ids whose log entries this drill cleared
+        self.vanished: set[str] = set()  # ids whose entries left the log otherwise (its cap)
+        self.registered: dict[str, str] = {}  # payment/refund id -> lookup expectation id
+        self.by_kind: Counter[str] = Counter()
+        self.late: Counter[str] = Counter()  # registered ids the bank answered too late
+        self.sweeps = 0
+        self.db_unreachable = 0
+        self.errors: list[str] = []
+        self.http = httpx.AsyncClient(base_url=ports.bank_url, timeout=60)
+
+    def log(self) -> BankLog:
+        """Everything recorded so far."""
+        return BankLog(
+            exchanges=[e for items in self.answered.values() for e in items],
+            received=[e for items in self.received.values() for e in items],
+        )
+
+    async def record(self) -> None:
+        """Read this run's authorizations and refunds from MockServer's log."""
+        answered = _by_key(await retrieve_bank_log(self.http, scope=self.scope))
+        received = _by_key(await retrieve_bank_log(self.http, scope=self.scope, kind="REQUESTS"))
+        now = time.monotonic()
+        for key in self.received.keys() - received.keys() - self.forgotten:
+            self.vanished.add(key)
+        for mine, seen in ((self.received, received), (self.answered, answered)):
+            for key, items in seen.items():
+                if len(items) >= len(mine.get(key, ())):
+                    mine[key] = items
+                else:
+                    self.vanished.add(key)
+        for key in received:
+            self.first_seen.setdefault(key, now)
+
+    def _unsettled_ids(self) -> set[str]:
+        conn = self.db.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT transaction_id FROM transactions"
+                    " WHERE merchant_id = %s AND status = 'processing'"
+                    " UNION ALL SELECT r.refund_id FROM refunds r JOIN transactions t"
+                    " ON t.transaction_id = r.transaction_id"
+                    " WHERE t.merchant_id = %s AND r.status = 'pending'",
+                    (self.merchant_id, self.merchant_id),
+                )
+                return {row[0] for row in cur.fetchall()}
+        finally:
+            conn.close()
+
+    async def register(self) -> int:
+        """Register the lookup answer of every decided id whose outcome the service lacks."""
+        candidates = set(self.unknown_ids)
+        try:
+            candidates |= await asyncio.to_thread(self._unsettled_ids)
+        except psycopg2.Error:
+            self.db_unreachable += 1  # PostgreSQL is down: the 202s are all we know
+        expectations = []
+        for key in sorted(candidates - self.registered.keys()):
+            decided = [e for e in self.answered.get(key, ()) if e.decision is not None]
+            if not decided:
+                continue  # not answered yet, or only 5xx: the bank has no record
+            exchange = decided[0]
+            if exchange.kind == "authorization" and exchange.merchant_id != self.merchant_id:
+                continue
+            expectations.append(lookup_expectation(exchange))
+            self.by_kind[exchange.kind] += 1
+            if all(e.delay_ms > self.bank_timeout_ms for e in decided):
+                self.late[exchange.kind] += 1
+        if expectations:
+            response = await self.http.put("/mockserver/expectation", json=expectations)
+            response.raise_for_status()
+            for expectation in expectations:
+                self.registered[expectation["id"].removeprefix("soak-lookup-")] = expectation["id"]
+        return len(expectations)
+
+    async def forget(self) -> None:
+        """Clear from MockServer's log this run's lookups and its finished ids' requests."""
+        now = time.monotonic()
+        final = sorted(
+            key
+            for key, first in self.first_seen.items()
+            if key not in self.forgotten
+            and now - first > self.final_after_s
+            and len(self.answered.get(key, ())) >= len(self.received.get(key, ()))
+        )
+        for chunk in _chunks(final, 80):
+            matcher = {
+                "method": "POST",
+                "path": "/v1/(authorizations|refunds)",
+                "headers": {"Idempotency-Key": ["^(" + "|".join(map(re.escape, chunk)) + ")$"]},
+            }
+            response = await self.http.put(
+                "/mockserver/clear", params={"type": "LOG"}, json=matcher
+            )
+            response.raise_for_status()
+            self.forgotten.update(chunk)
+        lookups = {
+            "method": "GET",
+            "path": "/v1/(authorizations|refunds)/.*",
+            "headers": self.scope,
+        }
+        response = await self.http.put("/mockserver/clear", params={"type": "LOG"}, json=lookups)
+        response.raise_for_status()
+
+    async def sweep(self, *, forget: bool = True) -> int:
+        """Record, register, forget; returns how many lookups it registered."""
+        self.sweeps += 1
+        try:
+            await self.record()
+            registered = await self.register() if self.remember else 0
+            if forget:
+                await self.forget()
+        except (httpx.HTTPError, ValueError) as exc:
+            self.errors.append(f"{type(exc).__name__}: {exc}"[:200])
+            return 0
+        return registered
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Sweep every interval until ``stop``."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
+            if not stop.is_set():
+                await self.sweep()
+
+    async def aclose(self) -> None:
+        """Close the MockServer client (the expectations stay until the drill removes them)."""
+        await self.http.aclose()
+
+    def figures(self) -> dict[str, Any]:
+        """What it did."""
+        return {
+            "lookups_registered": dict(self.by_kind),
+            "registered_answered_only_after_the_service_gave_up": dict(self.late),
+            "sweeps": self.sweeps,
+            "sweeps_without_database": self.db_unreachable,
+            "ids_cleared_from_mockserver_log": len(self.forgotten),
+            "ids_lost_from_mockserver_log": len(self.vanished),
+            "errors": self.errors[:5],
+        }
+
+
+def _by_key(exchanges: list[BankExchange]) -> dict[str, list[BankExchange]]:
+    grouped: dict[str, list[BankExchange]] = defaultdict(list)
+    for exchange in exchanges:
+        grouped[exchange.key].append(exchange)
+    return grouped
+
+
+class RefundSampler:
+    """Samples, by SQL, every payment's refund balance during the run."""
+
+    SQL = (
+        "SELECT count(*),"
+        " count(*) FILTER (WHERE COALESCE(s.succeeded, 0) + COALESCE(s.pending, 0)"
+        "   > t.amount_minor),"
+        " count(*) FILTER (WHERE t.refunded_minor + t.refund_pending_minor > t.amount_minor),"
+        " count(*) FILTER (WHERE COALESCE(s.succeeded, 0) <> t.refunded_minor"
+        "   OR COALESCE(s.pending, 0) <> t.refund_pending_minor),"
+        " COALESCE(sum(s.pending_count), 0),"
+        " (array_agg(t.transaction_id) FILTER (WHERE COALESCE(s.succeeded, 0)"
+        "   + COALESCE(s.pending, 0) > t.amount_minor))[1:3]"
+        " FROM transactions t JOIN (SELECT transaction_id,"
+        "   sum(amount_minor) FILTER (WHERE status = 'succeeded') AS succeeded,"
+        "   sum(amount_minor) FILTER (WHERE status = 'pending') AS pending,"
+        "   count(*) FILTER (WHERE status = 'pending') AS pending_count"
+        "   FROM refunds GROUP BY transaction_id) s ON s.transaction_id = t.transaction_id"
+        " WHERE t.merchant_id = %s"
+    )
+
+    def __init__(self, db: BenchDatabase, merchant_id: str, interval_s: float = 2.0) -> None:
+        self.db = db
+        self.merchant_id = merchant_id
+        self.interval_s = interval_s
+        self.samples = 0
+        self.failed_samples = 0
+        self.over_capture = 0  # samples with a payment whose refunds exceed it
+        self.columns_off = 0  # samples where refunded/pending columns disagree with the rows
+        self.max_pending = 0
+        self.examples: list[str] = []
+
+    def sample(self) -> tuple[int, int, int, int, int, list[str]]:
+        """(payments with refunds, over by rows, over by columns, columns off, pending, ids)."""
+        conn = self.db.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(self.SQL, (self.merchant_id,))
+                row = cur.fetchone()
+        finally:
+            conn.close()
+        assert row is not None
+        return int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4]), list(row[5] or [])
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Sample every interval until ``stop``."""
+        while not stop.is_set():
+            try:
+                _, over, over_columns, off, pending, ids = await asyncio.to_thread(self.sample)
+            except psycopg2.Error:
+                self.failed_samples += 1
+            else:
+                self.samples += 1
+                self.max_pending = max(self.max_pending, pending)
+                if over or over_columns:
+                    self.over_capture += 1
+                    self.examples.extend(ids[: 3 - len(self.examples)])
+                if off:
+                    self.columns_off += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
 
 
 # ----------------------------------------------------------------------------- checks
@@ -572,8 +1252,24 @@ async def read_topic_event_ids(
     return seen
 
 
+@dataclass
+class BankLog:
+    """What MockServer received for this run, read once after the settle wait."""
+
+    exchanges: list[BankExchange]  # REQUEST_RESPONSES: requests with the answer given
+    received: list[BankExchange]  # REQUESTS: every request received, answered or not
+
+    def authorizations(self, merchant_id: str) -> Counter[str]:
+        """Transaction id -> authorization requests received for this merchant."""
+        return Counter(
+            e.key
+            for e in self.received
+            if e.kind == "authorization" and e.merchant_id == merchant_id
+        )
+
+
 class Soak:
-    """The whole drill: prepare, load + faults, checks, report."""
+    """The whole drill: prepare, load + faults, settle, checks, report."""
 
     def __init__(self, config: SoakConfig) -> None:
         self.config = config
@@ -581,11 +1277,17 @@ class Soak:
         self.stack = Stack()
         self.db = BenchDatabase(config.database, self.ports.postgres)
         self.secrets = production_secrets()
-        self.merchant_id = "merchant_soak"
+        self.merchant_id = f"merchant_soak_{config.run_tag}"
         self.api_key = "sk_soak_" + secrets.token_hex(20)
         self.server: AppServer | None = None
+        self.memory: BankMemory | None = None
+        self.sampler: RefundSampler | None = None
         self.checks: list[Check] = []
-        self.report: dict[str, Any] = {"seed": config.seed}
+        self.report: dict[str, Any] = {"seed": config.seed, "run": config.run_tag}
+        self.rss_warm: list[dict[str, int]] = []
+        self.rss_end: list[dict[str, int]] = []
+        self.settlement: dict[str, Any] = {}
+        self.bank: BankLog | None = None
 
     # -- set-up ---------------------------------------------------------------------
 
@@ -600,14 +1302,14 @@ class Soak:
             kafka=self.ports.kafka_bootstrap,
             secrets_env=self.secrets,
         )
+        reconcile = reconcile_settings()
+        env |= reconcile
+        self.report["reconcile_settings"] = reconcile
+        log("service reconciliation: " + " ".join(f"{k}={v}" for k, v in reconcile.items()))
         self.db.migrate(env)
         create_merchant(env, self.merchant_id, self.api_key)
         # Leftovers of an interrupted run would slow every bank call.
-        asyncio.run(
-            mockserver(
-                self.ports, "/mockserver/clear?type=EXPECTATIONS", {"id": SLOW_EXPECTATION_ID}
-            )
-        )
+        asyncio.run(clear_expectations(self.ports, SLOW_EXPECTATION_IDS))
         self.start_offsets = topic_end_offsets(self.ports.kafka_bootstrap, self.config.topic)
         log(f"topic {self.config.topic}: offsets before the run {self.start_offsets}")
         self.server = AppServer(
@@ -618,7 +1320,8 @@ class Soak:
     # -- the drill ------------------------------------------------------------------
 
     async def drive(self) -> LoadClient:
-        """Load and faults together; samples RSS after warm-up."""
+        """Load, faults, the bank's memory and the refund sampler together; then the settle
+        wait. Samples RSS after warm-up and after the load."""
         assert self.server is not None
         t0 = time.monotonic()
         client = LoadClient(
@@ -628,8 +1331,20 @@ class Soak:
             config=self.config,
             t0=t0,
         )
-        faults = FaultDriver(stack=self.stack, ports=self.ports, config=self.config, t0=t0)
+        faults = FaultDriver(
+            stack=self.stack, ports=self.ports, config=self.config, t0=t0, server=self.server
+        )
         self.faults = faults
+        memory = BankMemory(
+            ports=self.ports,
+            db=self.db,
+            merchant_id=self.merchant_id,
+            unknown_ids=client.unknown_ids,
+            config=self.config,
+        )
+        self.memory = memory
+        sampler = RefundSampler(self.db, self.merchant_id)
+        self.sampler = sampler
         warmup_s = min(20.0, 0.1 * self.config.seconds)
 
         async def sample_warm() -> None:
@@ -640,14 +1355,77 @@ class Soak:
 
         log(
             f"load: {self.config.rate:g} req/s for {self.config.seconds:g} s "
-            f"(seed {self.config.seed}); faults at 15%, 38%, 58%, 78% of the run"
+            f"(seed {self.config.seed}, run {self.config.run_tag}); faults at 15%, 38%,"
+            f" 58% (bank slow{', worker SIGKILL' if self.config.kill_worker else ''}), 78%"
         )
+        stop = asyncio.Event()
+        background = [
+            asyncio.create_task(sampler.run(stop)),
+            asyncio.create_task(memory.run(stop)),
+        ]
+        if not self.config.bank_memory:
+            log("bank memory OFF (SOAK_BANK_MEMORY=0): no lookup answers, decisions get lost")
         try:
             await asyncio.gather(client.run(self.config.seconds), faults.run(), sample_warm())
+            self.rss_end = self.server.memory()
+            registered = await memory.sweep()  # once more, now that every request is over
+            log(f"load over at {client.now():.1f} s; bank memory: {registered} more lookups")
+            self.settlement = await self.wait_settled(client)
+            stop.set()
+            await asyncio.gather(*background, return_exceptions=True)
+            await memory.sweep(forget=False)  # the last requests, for the checks
+            self.bank = memory.log()
         finally:
+            stop.set()
+            await asyncio.gather(*background, return_exceptions=True)
             await client.aclose()
-        self.rss_end = self.server.memory()
+            await memory.aclose()
         return client
+
+    def unsettled_counts(self) -> tuple[int, int]:
+        """(payments processing, refunds pending) of this run's merchant."""
+        conn = self.db.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT (SELECT count(*) FROM transactions WHERE merchant_id = %s"
+                    " AND status = 'processing'), (SELECT count(*) FROM refunds r JOIN"
+                    " transactions t ON t.transaction_id = r.transaction_id"
+                    " WHERE t.merchant_id = %s AND r.status = 'pending')",
+                    (self.merchant_id, self.merchant_id),
+                )
+                row = cur.fetchone()
+        finally:
+            conn.close()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    async def wait_settled(self, client: LoadClient) -> dict[str, Any]:
+        """Wait (bounded) until nothing is processing or pending; the memory keeps sweeping."""
+        started = time.monotonic()
+        first: tuple[int, int] | None = None
+        counts = (-1, -1)
+        while True:
+            try:
+                counts = await asyncio.to_thread(self.unsettled_counts)
+            except psycopg2.Error as exc:
+                log(f"settle wait: database error {exc}".strip())
+            first = first or counts
+            waited = time.monotonic() - started
+            if counts == (0, 0) or waited > self.config.settle_timeout_s:
+                break
+            await asyncio.sleep(2.0)
+        log(
+            f"settle wait: {counts[0]} payments processing, {counts[1]} refunds pending after"
+            f" {waited:.1f} s (at the start: {first[0]} and {first[1]})"
+        )
+        return {
+            "processing_at_start": first[0],
+            "pending_at_start": first[1],
+            "processing": counts[0],
+            "pending": counts[1],
+            "waited_s": round(waited, 1),
+            "ended_at_s": round(client.now(), 1),
+        }
 
     # -- checks ---------------------------------------------------------------------
 
@@ -670,18 +1448,21 @@ class Soak:
                     (self.merchant_id,),
                 )
                 keys = cur.fetchall()
+                # A payment the bank certainly never saw is failed and its key released: a
+                # retry with the key runs again. Any other payment has its key.
                 cur.execute(
-                    "SELECT t.transaction_id FROM transactions t WHERE t.merchant_id = %s"
-                    " AND NOT EXISTS (SELECT 1 FROM idempotency_keys k"
+                    "SELECT t.transaction_id, t.status, t.failure_code FROM transactions t"
+                    " WHERE t.merchant_id = %s AND NOT EXISTS (SELECT 1 FROM idempotency_keys k"
                     " WHERE k.merchant_id = t.merchant_id AND k.resource_id = t.transaction_id)",
                     (self.merchant_id,),
                 )
-                keyless = [row[0] for row in cur.fetchall()]
+                keyless = cur.fetchall()
                 cur.execute(
                     "SELECT count(*), count(*) FILTER (WHERE status = 'captured'),"
                     " count(*) FILTER (WHERE status = 'declined'),"
                     " count(*) FILTER (WHERE status = 'failed'),"
-                    " count(*) FILTER (WHERE status LIKE '%%refunded')"
+                    " count(*) FILTER (WHERE status LIKE '%%refunded'),"
+                    " count(*) FILTER (WHERE status = 'processing')"
                     " FROM transactions WHERE merchant_id = %s",
                     (self.merchant_id,),
                 )
@@ -693,9 +1474,13 @@ class Soak:
         body_mismatch = [
             row[0] for row in keys if row[1] == "completed" and row[4] and row[4] != row[2]
         ]
+        released = [r for r in keyless if r[1] == "failed" and r[2] in NOT_SENT_FAILURES]
+        unexplained_keyless = [r[0] for r in keyless if r not in released]
         answered: dict[str, set[str]] = defaultdict(set)
         for state in client.payments:
-            for _, payload, _ in state.answers:
+            for status, payload, _ in state.answers:
+                if status == 503 and (payload or {}).get("code") == "bank_unavailable":
+                    continue  # not sent: the key was released, a retry is a new payment
                 if payload and payload.get("transaction_id"):
                     answered[state.key].add(payload["transaction_id"])
         keys_with_two_txns = [k for k, txns in answered.items() if len(txns) > 1]
@@ -706,8 +1491,11 @@ class Soak:
             problems.append(f"{len(completed_without_txn)} completed keys without one transaction")
         if body_mismatch:
             problems.append(f"{len(body_mismatch)} stored answers naming another transaction")
-        if keyless:
-            problems.append(f"{len(keyless)} transactions no key maps to: {keyless[:3]}")
+        if unexplained_keyless:
+            problems.append(
+                f"{len(unexplained_keyless)} transactions no key maps to (and not failed before"
+                f" the bank): {unexplained_keyless[:3]}"
+            )
         if keys_with_two_txns:
             problems.append(f"{len(keys_with_two_txns)} keys answered with two transactions")
         figures: dict[str, Any] = {
@@ -718,47 +1506,236 @@ class Soak:
             "declined": totals[2] if totals else 0,
             "failed": totals[3] if totals else 0,
             "refunded_or_partially": totals[4] if totals else 0,
+            "processing": totals[5] if totals else 0,
+            "failed_before_the_bank_key_released": len(released),
         }
-        warning = None
         if bank_auths is not None:
-            # A claim committed, the bank asked, then the request died (e.g. PostgreSQL went
-            # away) before the payment was stored: authorized at the bank, nothing recorded
-            # here until a retry with the same key takes the claim over.
-            unrecorded = [row[0] for row in keys if row[2] in bank_auths and row[3] == 0]
-            figures["sent_to_bank_without_transaction"] = len(unrecorded)
-            if unrecorded:
-                warning = (
-                    f"{len(unrecorded)} payments the bank was asked to authorize have no"
-                    f" transaction recorded (keys still in progress, e.g. {unrecorded[:3]});"
-                    " only a retry with the same key after the claim's lock expires"
-                    " records them"
-                )
             unknown = [txn for txn in bank_auths if txn not in resource_ids]
             figures["bank_authorization_requests"] = sum(bank_auths.values())
             figures["bank_distinct_transaction_ids"] = len(bank_auths)
             figures["bank_retried_transaction_ids"] = sum(1 for n in bank_auths.values() if n > 1)
             if unknown:
                 problems.append(
-                    f"{len(unknown)} transaction ids authorized at the bank that no key owns"
+                    f"{len(unknown)} transaction ids authorized at the bank that no key owns:"
+                    f" {unknown[:3]}"
                 )
         self.checks.append(
             Check(
                 "no payment charged twice for one idempotency key",
                 not problems,
-                "; ".join(problems) or "each key maps to exactly one transaction and back",
+                "; ".join(problems)
+                or "each key maps to exactly one transaction and back (payments failed before"
+                " the bank excepted)",
                 figures,
-                warning,
+            )
+        )
+
+    def _rows(self) -> tuple[dict[str, tuple[Any, ...]], dict[str, tuple[Any, ...]]]:
+        """This run's transactions and refunds: id -> (status, code..., )."""
+        conn = self.db.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT transaction_id, status, authorization_code, decline_code,"
+                    " failure_code FROM transactions WHERE merchant_id = %s",
+                    (self.merchant_id,),
+                )
+                payments = {row[0]: row[1:] for row in cur.fetchall()}
+                cur.execute(
+                    "SELECT r.refund_id, r.status, r.bank_reference, r.failure_code,"
+                    " r.transaction_id FROM refunds r JOIN transactions t"
+                    " ON t.transaction_id = r.transaction_id WHERE t.merchant_id = %s",
+                    (self.merchant_id,),
+                )
+                refunds = {row[0]: row[1:] for row in cur.fetchall()}
+        finally:
+            conn.close()
+        return payments, refunds
+
+    def check_bank_decisions(self, bank: BankLog | None) -> None:
+        """Every authorization and refund the bank received has a row with its decision."""
+        name = "every bank decision recorded (MockServer's log vs the database)"
+        if bank is None:
+            self.checks.append(Check(name, False, "MockServer's request log is unavailable"))
+            return
+        payments, refunds = self._rows()
+        ours = {
+            e.key
+            for e in bank.received
+            if e.kind == "authorization" and e.merchant_id == self.merchant_id
+        } | payments.keys()
+        received: dict[str, dict[str, Any]] = {}
+        for exchange in bank.received:
+            if exchange.kind == "authorization" and exchange.merchant_id != self.merchant_id:
+                continue
+            if exchange.kind == "refund" and exchange.transaction_id not in ours:
+                continue
+            item = received.setdefault(
+                exchange.key,
+                {
+                    "kind": exchange.kind,
+                    "requests": 0,
+                    "decisions": set(),
+                    "codes": set(),
+                    "errors": 0,
+                    "late": 0,
+                },
+            )
+            item["requests"] += 1
+        for exchange in bank.exchanges:
+            answered = received.get(exchange.key)
+            if answered is None:
+                continue
+            if exchange.decision is not None:
+                answered["decisions"].add(exchange.decision)
+                if exchange.code:
+                    answered["codes"].add(exchange.code)
+            elif exchange.status_code is not None and exchange.status_code >= 500:
+                answered["errors"] += 1
+            if exchange.delay_ms > self.config.bank_timeout_s * 1000:
+                answered["late"] += 1
+        missing: list[str] = []
+        mismatched: list[str] = []
+        code_mismatched: list[str] = []
+        ambiguous: list[str] = []
+        figures: dict[str, Counter[str]] = {
+            "authorization": Counter(),
+            "refund": Counter(),
+        }
+        for key, item in received.items():
+            kind = item["kind"]
+            counts = figures[kind]
+            counts["received_ids"] += 1
+            counts["requests"] += item["requests"]
+            counts["answered_late"] += item["late"] > 0
+            row = (payments if kind == "authorization" else refunds).get(key)
+            if row is None:
+                missing.append(key)
+                continue
+            status = row[0]
+            decisions = item["decisions"]
+            if len(decisions) > 1:
+                ambiguous.append(f"{key}: {sorted(decisions)}")
+                continue
+            if not decisions:
+                # The bank never decided (5xx only): its lookup says "no record".
+                counts["no_decision"] += 1
+                if not (
+                    status == "failed"
+                    and row[3 if kind == "authorization" else 2] == BANK_NO_RECORD
+                ):
+                    mismatched.append(f"{key}: bank gave no decision, row {status}")
+                continue
+            decision = next(iter(decisions))
+            counts[decision] += 1
+            valid = (PAYMENT_DECISIONS if kind == "authorization" else REFUND_DECISIONS)[decision]
+            if status not in valid:
+                mismatched.append(f"{key}: bank {decision}, row {status}")
+                continue
+            if kind == "authorization":
+                code = row[1] if decision == "approved" else row[2]
+            else:
+                code = row[1]
+            if item["codes"] and code not in item["codes"]:
+                code_mismatched.append(f"{key}: bank {sorted(item['codes'])}, row {code}")
+        # The other way round: a row settled by a bank decision the bank has no request of.
+        unbacked = [
+            txn
+            for txn, row in payments.items()
+            if txn not in received
+            and row[0] not in ("processing", "failed")
+            and row[2] != "expired_card"
+        ] + [rid for rid, row in refunds.items() if rid not in received and row[0] == "succeeded"]
+        lost = self.memory.vanished if self.memory else set()
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} missing (no row): {missing[:3]}")
+        if mismatched:
+            problems.append(f"{len(mismatched)} mismatched: {mismatched[:3]}")
+        if code_mismatched:
+            problems.append(f"{len(code_mismatched)} with another code: {code_mismatched[:3]}")
+        if ambiguous:
+            problems.append(f"{len(ambiguous)} the bank answered two ways: {ambiguous[:3]}")
+        auths, refs = figures["authorization"], figures["refund"]
+        detail = (
+            f"{auths['received_ids']} authorizations ({auths['requests']} requests) and"
+            f" {refs['received_ids']} refunds ({refs['requests']} requests) received:"
+            f" {len(missing)} missing, {len(mismatched)} mismatched"
+        )
+        self.checks.append(
+            Check(
+                name,
+                not problems,
+                "; ".join([detail, *problems]),
+                {
+                    "authorizations": dict(auths),
+                    "refunds": dict(refs),
+                    "missing": len(missing),
+                    "mismatched": len(mismatched),
+                    "code_mismatched": len(code_mismatched),
+                    "ambiguous": len(ambiguous),
+                    "settled_without_a_bank_request": len(unbacked),
+                    "bank_memory": self.memory.figures() if self.memory else {},
+                },
+                warning=_join(
+                    f"{len(unbacked)} rows settled by a bank decision have no request in"
+                    f" the record of MockServer's log: {unbacked[:3]}"
+                    if unbacked
+                    else None,
+                    f"{len(lost)} ids left MockServer's log before the drill was done with"
+                    f" them (its cap): their record may lack later requests: {sorted(lost)[:3]}"
+                    if lost
+                    else None,
+                ),
+            )
+        )
+
+    def check_settled(self) -> None:
+        """Nothing processing or pending after the settle wait; what the reconciler did."""
+        conn = self.db.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT action, outcome, count(*) FROM audit_log WHERE actor = 'reconciler'"
+                    " GROUP BY action, outcome ORDER BY action, outcome"
+                )
+                reconciled = {f"{a} {o}": n for a, o, n in cur.fetchall()}
+                cur.execute(
+                    "SELECT count(*) FROM transactions WHERE merchant_id = %s"
+                    " AND failure_code = %s",
+                    (self.merchant_id, BANK_NO_RECORD),
+                )
+                row = cur.fetchone()
+                no_record = int(row[0]) if row else 0
+        finally:
+            conn.close()
+        processing, pending = (
+            self.settlement.get("processing", -1),
+            self.settlement.get("pending", -1),
+        )
+        ok = processing == 0 and pending == 0
+        self.checks.append(
+            Check(
+                "everything settled (no payment processing, no refund pending)",
+                ok,
+                f"{processing} processing, {pending} pending after"
+                f" {self.settlement.get('waited_s', '?')} s of settle wait;"
+                f" reconciler settled {sum(reconciled.values())}",
+                self.settlement
+                | {"reconciler_settled": reconciled, "payments_failed_bank_no_record": no_record},
             )
         )
 
     def check_refunds(self) -> None:
-        """No refund total above its capture; refunded_minor is the sum."""
+        """No refund total above its capture (succeeded + pending), at the end and sampled."""
         conn = self.db.connect()
         try:
             with conn.cursor() as cur:
                 cur.execute(
                     "SELECT t.transaction_id, t.amount_minor, t.refunded_minor,"
-                    " COALESCE(SUM(r.amount_minor) FILTER (WHERE r.status = 'succeeded'), 0)"
+                    " t.refund_pending_minor,"
+                    " COALESCE(SUM(r.amount_minor) FILTER (WHERE r.status = 'succeeded'), 0),"
+                    " COALESCE(SUM(r.amount_minor) FILTER (WHERE r.status = 'pending'), 0)"
                     " FROM transactions t"
                     " LEFT JOIN refunds r ON r.transaction_id = t.transaction_id"
                     " WHERE t.merchant_id = %s GROUP BY t.transaction_id",
@@ -766,7 +1743,9 @@ class Soak:
                 )
                 rows = cur.fetchall()
                 cur.execute(
-                    "SELECT count(*), count(*) FILTER (WHERE r.status = 'succeeded')"
+                    "SELECT count(*), count(*) FILTER (WHERE r.status = 'succeeded'),"
+                    " count(*) FILTER (WHERE r.status = 'failed'),"
+                    " count(*) FILTER (WHERE r.status = 'pending')"
                     " FROM refunds r JOIN transactions t ON t.transaction_id = r.transaction_id"
                     " WHERE t.merchant_id = %s",
                     (self.merchant_id,),
@@ -774,23 +1753,40 @@ class Soak:
                 refund_totals = cur.fetchone()
         finally:
             conn.close()
-        over = [r[0] for r in rows if r[3] > r[1]]
-        mismatch = [r[0] for r in rows if r[3] != r[2]]
+        over = [r[0] for r in rows if r[4] + r[5] > r[1]]
+        mismatch = [r[0] for r in rows if r[4] != r[2] or r[5] != r[3]]
         fully = sum(1 for r in rows if r[1] == r[2] and r[2] > 0)
+        sampler = self.sampler
         problems = []
         if over:
             problems.append(f"{len(over)} payments refunded above their capture: {over[:3]}")
         if mismatch:
-            problems.append(f"{len(mismatch)} payments whose refunded_minor != sum: {mismatch[:3]}")
+            problems.append(
+                f"{len(mismatch)} payments whose refunded/pending columns != the refunds:"
+                f" {mismatch[:3]}"
+            )
+        if sampler is not None and sampler.over_capture:
+            problems.append(
+                f"{sampler.over_capture} samples saw refunds above a capture: {sampler.examples}"
+            )
+        if sampler is not None and sampler.columns_off:
+            problems.append(f"{sampler.columns_off} samples saw the columns disagree")
         self.checks.append(
             Check(
-                "no refund total above its capture",
+                "no refund total above its capture (succeeded + pending, sampled during the run)",
                 not problems,
-                "; ".join(problems) or "sum of succeeded refunds <= amount and = refunded_minor",
+                "; ".join(problems)
+                or "succeeded + pending <= amount and = refunded/pending columns, at the end"
+                f" and in {sampler.samples if sampler else 0} samples",
                 {
                     "refunds": refund_totals[0] if refund_totals else 0,
                     "succeeded": refund_totals[1] if refund_totals else 0,
+                    "failed": refund_totals[2] if refund_totals else 0,
+                    "pending": refund_totals[3] if refund_totals else 0,
                     "fully_refunded_payments": fully,
+                    "samples": sampler.samples if sampler else 0,
+                    "samples_without_database": sampler.failed_samples if sampler else 0,
+                    "max_pending_refunds_in_a_sample": sampler.max_pending if sampler else 0,
                 },
             )
         )
@@ -836,6 +1832,22 @@ class Soak:
                 )
                 row = cur.fetchone()
                 refunds_without_event = int(row[0]) if row else 0
+                # Settled items carry their settling event (reconciled ones included).
+                cur.execute(
+                    "SELECT t.transaction_id, t.status FROM transactions t"
+                    " JOIN unnest(%s::text[], %s::text[]) AS e(status, event_type)"
+                    " ON e.status = t.status WHERE NOT EXISTS (SELECT 1 FROM outbox_events o"
+                    " WHERE o.aggregate_id = t.transaction_id AND o.event_type = e.event_type)",
+                    (list(SETTLING_EVENTS), list(SETTLING_EVENTS.values())),
+                )
+                unsettled_events = [f"{r[0]} {r[1]}" for r in cur.fetchall()]
+                cur.execute(
+                    "SELECT r.refund_id, r.status FROM refunds r WHERE r.status <> 'pending'"
+                    " AND NOT EXISTS (SELECT 1 FROM outbox_events o"
+                    " WHERE o.event_type = 'refund.' || r.status"
+                    " AND o.payload -> 'data' ->> 'refund_id' = r.refund_id)"
+                )
+                unsettled_events += [f"{r[0]} {r[1]}" for r in cur.fetchall()]
                 cur.execute(
                     "SELECT max(attempts), count(*) FILTER (WHERE attempts > 0) FROM outbox_events"
                 )
@@ -857,6 +1869,11 @@ class Soak:
             problems.append(f"{payments_without_event} payments without an event")
         if refunds_without_event:
             problems.append(f"{refunds_without_event} refunds without an event")
+        if unsettled_events:
+            problems.append(
+                f"{len(unsettled_events)} settled items without their settling event:"
+                f" {unsettled_events[:3]}"
+            )
         self.checks.append(
             Check(
                 "every committed state change on the topic at least once",
@@ -875,71 +1892,112 @@ class Soak:
         )
 
     def check_replays(self, client: LoadClient) -> None:
-        """Every stored answer for one key is the same, and all but the original are replays.
-
-        Stored answers are 200s and 503 bank_unavailable (the claim completes with them);
-        a 409 idempotency_in_progress or a 5xx during a restart is not stored.
-        """
-        compared = mismatched = 0
+        """Every answer for a remembered key is the stored one (a 202 replays as the same
+        202); a key whose request died answers its current state, never 200 then 202."""
+        conn = self.db.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT idempotency_key, state, response_status, response_body"
+                    " FROM idempotency_keys WHERE merchant_id = %s",
+                    (self.merchant_id,),
+                )
+                stored = {row[0]: row[1:] for row in cur.fetchall()}
+        finally:
+            conn.close()
+        compared = mismatched = replays = replayed_202 = went_back = 0
         examples: list[str] = []
         for states in (client.payments, client.refunds):
             for state in states:
-                stored = [a for a in state.answers if a[0] in (200, 503) and a[1]]
-                if len(stored) < 2:
+                answers = [a for a in state.answers if a[0] in (200, 202) and a[1]]
+                replays += sum(1 for a in answers if a[2])
+                replayed_202 += sum(1 for a in answers if a[2] and a[0] == 202)
+                row = stored.get(state.key)
+                if row is not None and row[0] == "completed":
+                    _, status, body = row
+                    originals = sum(1 for a in answers if not a[2])
+                    different = [
+                        a for a in answers if a[0] != status or _stable(a[1] or {}) != _stable(body)
+                    ]
+                    compared += len(answers)
+                    bad = len(different) + max(0, originals - 1)
+                    if bad:
+                        mismatched += bad
+                        if len(examples) < 3:
+                            seen = [(a[0], "replayed" if a[2] else "original") for a in answers]
+                            examples.append(f"{state.key}: stored {status}, answered {seen}")
                     continue
-                compared += len(stored) - 1
-                first_status, first_body, _ = stored[0]
-                originals = sum(1 for a in stored if not a[2])
-                different = sum(
-                    1
-                    for status, body, _ in stored[1:]
-                    if status != first_status or _stable(body or {}) != _stable(first_body or {})
-                )
-                if different or originals > 1:
-                    mismatched += max(different, originals - 1)
+                # In progress (its request died, or could not store the answer): the state.
+                statuses = [a[0] for a in answers if a[2]]
+                if 200 in statuses and 202 in statuses[statuses.index(200) :]:
+                    went_back += 1
                     if len(examples) < 3:
-                        statuses = [(a[0], "replayed" if a[2] else "original") for a in stored]
-                        examples.append(f"{state.key}: {statuses}")
+                        examples.append(f"{state.key}: current state went back: {statuses}")
+        problems = mismatched + went_back
         self.checks.append(
             Check(
-                "idempotent replays repeat the first answer",
-                mismatched == 0,
-                f"{mismatched} of {compared} replays differ: {examples}"
-                if mismatched
-                else f"{compared} replays identical",
-                {"replays_compared": compared, "mismatched": mismatched},
+                "idempotent replays repeat the stored answer",
+                problems == 0,
+                f"{mismatched} of {compared} answers of remembered keys differ, {went_back} keys"
+                f" went from 200 back to 202: {examples}"
+                if problems
+                else f"{compared} answers of remembered keys identical ({replays} replays,"
+                f" {replayed_202} of them a 202)",
+                {
+                    "answers_compared": compared,
+                    "replays": replays,
+                    "replayed_202": replayed_202,
+                    "mismatched": mismatched,
+                    "state_went_back": went_back,
+                },
             )
         )
 
     def check_errors(self, client: LoadClient) -> None:
-        """No 5xx (or silence) outside the restart windows but 503 bank_unavailable."""
+        """No 5xx (or silence) outside the fault windows but 503 bank_unavailable; inside
+        them only what the fault explains; never a 500."""
         windows = self.faults.windows
-        restart_windows = [w for w in windows if w.restart]
         outside: Counter[str] = Counter()
-        inside: dict[str, Counter[str]] = {w.name + f" @{w.start:.0f}s": Counter() for w in windows}
+        unexplained: Counter[str] = Counter()
+        inside: dict[str, Counter[str]] = {w.label: Counter() for w in windows}
+        statuses: Counter[str] = Counter()
         examples: list[str] = []
         for record in client.records:
+            statuses[str(record.status)] += 1
+            covering = [w for w in windows if w.covers(record.t0, record.t1)]
+            for window in covering:
+                inside[window.label][record.label] += 1
             failed = record.status >= 500 or record.status == 0
-            label = f"{record.status} {record.code or record.error or ''}".strip()
-            for window in windows:
-                if window.covers(record.t0, record.t1):
-                    inside[window.name + f" @{window.start:.0f}s"][label] += 1
             if not failed or (record.status == 503 and record.code == "bank_unavailable"):
                 continue
-            if any(w.covers(record.t0, record.t1) for w in restart_windows):
+            if not covering:
+                outside[record.label] += 1
+            elif record.status == 500 or not any(w.explains(record) for w in covering):
+                unexplained[record.label] += 1
+            else:
                 continue
-            outside[label] += 1
             if len(examples) < 5:
-                examples.append(f"{record.op} at {record.t0:.1f}s: {label}")
+                examples.append(f"{record.op} at {record.t0:.1f}-{record.t1:.1f}s: {record.label}")
+        problems = []
+        if outside:
+            problems.append(f"{sum(outside.values())} outside the windows: {dict(outside)}")
+        if unexplained:
+            problems.append(
+                f"{sum(unexplained.values())} inside a window it does not explain:"
+                f" {dict(unexplained)}"
+            )
         self.checks.append(
             Check(
-                "no 5xx outside the restart windows (503 bank_unavailable allowed)",
-                not outside,
-                f"{sum(outside.values())} outside: {dict(outside)}; e.g. {examples}"
-                if outside
-                else "none",
+                "no 5xx outside the fault windows (503 bank_unavailable allowed), inside them"
+                " only what the fault explains",
+                not problems,
+                f"{'; '.join(problems)}; e.g. {examples}"
+                if problems
+                else f"none; {statuses.get('202', 0)} answers 202 (bank answer unknown)",
                 {
                     "outside_windows": dict(outside),
+                    "unexplained_inside": dict(unexplained),
+                    "statuses": dict(statuses),
                     "per_window": {k: dict(v) for k, v in inside.items()},
                 },
             )
@@ -973,56 +2031,72 @@ class Soak:
             )
         )
 
-    def check_workers(self) -> None:
-        """No worker died and was replaced during the drill (RSS figures ride along)."""
+    def killed_requests(self, client: LoadClient, bank: BankLog | None) -> dict[str, int]:
+        """The requests that died with the worker: recorded? sent to the bank?"""
+        windows = [w for w in self.faults.windows if w.kind == "worker"]
+        died = [
+            r
+            for r in client.records
+            if r.status == 0 and any(w.covers(r.t0, r.t1) for w in windows)
+        ]
+        keys = sorted({r.key for r in died if r.key})
+        conn = self.db.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT k.resource_id FROM idempotency_keys k WHERE k.merchant_id = %s"
+                    " AND k.idempotency_key = ANY(%s)",
+                    (self.merchant_id, keys),
+                )
+                resources = {row[0] for row in cur.fetchall()}
+        finally:
+            conn.close()
+        at_bank = {e.key for e in bank.received} if bank else set()
+        return {
+            "requests_without_answer": len(died),
+            "recorded_payments_or_refunds": len(resources),
+            "received_by_the_bank": len(resources & at_bank),
+        }
+
+    def check_workers(self, killed_requests: dict[str, int]) -> None:
+        """Only the killed worker was replaced, by one new worker (RSS figures ride along)."""
         warm = {m["pid"] for m in self.rss_warm}
         end = {m["pid"] for m in self.rss_end}
+        killed = self.faults.killed.get("pid")
+        expected_survivors = warm - {killed}
+        new = end - warm
         growth = {
             str(m["pid"]): round((m["rss_kb"] - w["rss_kb"]) / 1024, 1)
             for m in self.rss_end
             for w in self.rss_warm
             if m["pid"] == w["pid"]
         }
+        if killed is None:
+            ok = warm == end
+            expectation = "no worker died"
+        else:
+            ok = expected_survivors <= end and len(new) == 1 and len(end) == self.config.workers
+            expectation = (
+                f"worker {killed} SIGKILLed, replaced by {sorted(new)} after"
+                f" {self.faults.killed.get('replaced_after_s')} s; it took"
+                f" {killed_requests['requests_without_answer']} requests with it"
+                f" ({killed_requests['recorded_payments_or_refunds']} payments/refunds recorded,"
+                f" {killed_requests['received_by_the_bank']} of them at the bank)"
+            )
         self.checks.append(
             Check(
-                "workers survived (no restart)",
-                warm == end,
-                f"after warm-up {describe_rss(self.rss_warm)}; at the end "
+                "workers: none died but the one killed, which was replaced",
+                ok,
+                f"{expectation}; after warm-up {describe_rss(self.rss_warm)}; at the end "
                 f"{describe_rss(self.rss_end)}; growth MB {growth}",
-                {"after_warmup": self.rss_warm, "at_end": self.rss_end, "growth_mb": growth},
+                {
+                    "after_warmup": self.rss_warm,
+                    "at_end": self.rss_end,
+                    "growth_mb": growth,
+                    "killed": self.faults.killed | {"requests": killed_requests},
+                },
             )
         )
-
-    def bank_authorizations(self) -> Counter[str] | None:
-        """Idempotency-Key (transaction id) -> how many authorization calls the bank saw."""
-
-        async def _retrieve() -> Any:
-            async with httpx.AsyncClient(base_url=self.ports.bank_url, timeout=60) as client:
-                response = await client.put(
-                    "/mockserver/retrieve?type=REQUESTS&format=JSON",
-                    json={"method": "POST", "path": "/v1/authorizations"},
-                )
-                response.raise_for_status()
-                return response.json()
-
-        try:
-            requests = asyncio.run(_retrieve())
-        except (httpx.HTTPError, ValueError) as exc:
-            log(f"bank request log unavailable ({exc}); skipping the bank-side check")
-            return None
-        seen: Counter[str] = Counter()
-        for request in requests:
-            body = request.get("body", {})
-            payload = body.get("json") if isinstance(body, dict) else None
-            if isinstance(payload, str):
-                with contextlib.suppress(ValueError):
-                    payload = json.loads(payload)
-            if not isinstance(payload, dict) or payload.get("merchant_id") != self.merchant_id:
-                continue
-            headers = {k.lower(): v for k, v in (request.get("headers") or {}).items()}
-            keys = headers.get("idempotency-key") or [""]
-            seen[keys[0]] += 1
-        return seen
 
     # -- report ---------------------------------------------------------------------
 
@@ -1046,6 +2120,7 @@ class Soak:
             }
         return {
             "requests": len(client.records),
+            "answered_202": sum(1 for r in client.records if r.status == 202),
             "dropped_by_client": client.dropped,
             "by_operation": {op: dict(c) for op, c in sorted(by_op.items())},
             "latency_outside_faults": lat,
@@ -1069,6 +2144,15 @@ class Soak:
                 handle.write(json.dumps(r.__dict__) + "\n")
         return path
 
+    def cleanup_bank(self) -> None:
+        """Remove the slow-bank and lookup expectations this run registered."""
+        ids = list(SLOW_EXPECTATION_IDS)
+        if self.memory is not None:
+            ids += list(self.memory.registered.values())
+        with contextlib.suppress(Exception):
+            failed = asyncio.run(clear_expectations(self.ports, ids))
+            log(f"mockserver: {len(ids)} expectations of this run removed ({failed} failed)")
+
     def run(self) -> int:
         """Everything; returns the exit code."""
         started = time.monotonic()
@@ -1078,52 +2162,58 @@ class Soak:
             records = self.write_records(client)
             self.report["load"] = self.summarize_load(client)
             log(f"responses recorded in {records}")
-            self.check_idempotency(client, self.bank_authorizations())
+            bank = self.bank
+            self.check_idempotency(client, bank.authorizations(self.merchant_id) if bank else None)
+            self.check_bank_decisions(bank)
+            self.check_settled()
             self.check_refunds()
             self.check_events()
             self.check_replays(client)
             self.check_errors(client)
             self.check_health()
-            self.check_workers()
+            self.check_workers(self.killed_requests(client, bank))
         finally:
             if self.server is not None:
                 code = self.server.stop()
                 log(f"service stopped, exit status {code}")
                 self.report["service_exit_status"] = code
-            with contextlib.suppress(Exception):
-                asyncio.run(
-                    mockserver(
-                        self.ports,
-                        "/mockserver/clear?type=EXPECTATIONS",
-                        {"id": SLOW_EXPECTATION_ID},
-                    )
-                )
+            self.cleanup_bank()
             self.stack.stop_started()
         self.report["elapsed_s"] = round(time.monotonic() - started, 1)
         self.report["checks"] = [c.__dict__ for c in self.checks]
         path = out_dir() / "soak-report.json"
         path.write_text(json.dumps(self.report, indent=2, default=str) + "\n")
         self.print_summary(path)
-        return 0 if all(c.ok for c in self.checks) else 1
+        return 0 if self.checks and all(c.ok for c in self.checks) else 1
 
     def print_summary(self, path: Path) -> None:
         """The figures and verdicts on stdout."""
         load = self.report.get("load", {})
-        print(f"\nsoak: {load.get('requests', 0)} requests in {self.config.seconds:g} s")
+        print(
+            f"\nsoak: {load.get('requests', 0)} requests in {self.config.seconds:g} s,"
+            f" {load.get('answered_202', 0)} answered 202"
+        )
         for op, statuses in load.get("by_operation", {}).items():
             print(f"  {op:<14} {statuses}")
         for op, figures in load.get("latency_outside_faults", {}).items():
             print(f"  latency {op:<14} p50 {figures['p50_ms']} ms  p99 {figures['p99_ms']} ms")
         for window in load.get("windows", []):
             print(f"  fault {window['name']:<16} {window['start_s']} s -> {window['end_s']} s")
+        for error in load.get("fault_errors", []):
+            print(f"  fault error: {error}")
         print()
         for check in self.checks:
             print(f"  [{'ok' if check.ok else 'FAIL'}] {check.name}: {check.detail}")
-            if check.figures and check.name != "workers survived (no restart)":
-                print(f"         {json.dumps(check.figures, default=str)[:400]}")
+            if check.figures and not check.name.startswith("workers"):
+                print(f"         {json.dumps(check.figures, default=str)[:600]}")
             if check.warning:
                 print(f"  [warn] {check.warning}")
         print(f"\nreport: {path}")
+
+
+def _join(*parts: str | None) -> str | None:
+    present = [p for p in parts if p]
+    return "; ".join(present) or None
 
 
 def _stable(body: dict[str, Any]) -> dict[str, Any]:
@@ -1146,7 +2236,7 @@ def main() -> int:
     with bench.interrupt_as_exception():
         try:
             return soak.run()
-        except (RuntimeError, OSError) as exc:
+        except (RuntimeError, OSError, psycopg2.Error) as exc:
             log(f"the drill could not run: {exc}")
             return 2
 

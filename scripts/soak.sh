@@ -2,7 +2,8 @@
 # `make soak`: a bounded soak and fault drill (SOAK_SECONDS, default 180 s): mixed load
 # while Kafka restarts twice, PostgreSQL once, the bank turns slow and a worker is
 # SIGKILLed, then invariant checks (among them: every request the bank received has a row
-# whose final status is the bank's decision). See scripts/soak.py. Exit status: 0 all invariants hold, 1 one failed,
+# whose final status is the bank's decision). See scripts/soak.py. Exit status: 0 all
+# invariants hold, 1 one failed,
 # 2 the drill could not run.
 #
 # It restarts the local stack's PostgreSQL and Kafka: on a machine others share, point

@@ -148,9 +148,7 @@ def downgrade() -> None:
             ("ix_refunds_next_reconcile_at", "refunds"),
             ("ix_transactions_next_reconcile_at", "transactions"),
         ):
-            op.drop_index(
-                index, table_name=table, postgresql_concurrently=True, if_exists=True
-            )
+            op.drop_index(index, table_name=table, postgresql_concurrently=True, if_exists=True)
     op.drop_table("auth_refusals")
     # Fails (and changes nothing) while a key carries a versioned fingerprint.
     op.alter_column(
@@ -168,9 +166,7 @@ def downgrade() -> None:
     op.drop_column("refunds", "reconcile_attempts")
     op.drop_column("refunds", "next_reconcile_at")
     op.drop_column("refunds", "updated_at")
-    op.execute(
-        "ALTER TABLE transactions DROP CONSTRAINT ck_transactions_refunds_within_capture"
-    )
+    op.execute("ALTER TABLE transactions DROP CONSTRAINT ck_transactions_refunds_within_capture")
     op.drop_column("transactions", "reconcile_attempts")
     op.drop_column("transactions", "next_reconcile_at")
     op.drop_column("transactions", "refund_pending_minor")

@@ -112,6 +112,7 @@ def reconcile_policy(settings: Settings) -> ReconcilePolicy:
         window=timedelta(seconds=settings.reconcile_window_s),
         lease=timedelta(seconds=settings.reconcile_lease_s),
         batch_size=settings.reconcile_batch_size,
+        authorization_ttl=timedelta(seconds=settings.authorization_ttl_s),
     )
 
 

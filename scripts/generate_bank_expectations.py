@@ -160,13 +160,27 @@ def build_expectations() -> list[dict[str, Any]]:
     )
     expectations.extend(
         {
+            "id": f"bank-{kind}-succeeded",
+            "priority": DEFAULT_PRIORITY,
+            "httpRequest": {
+                "method": "POST",
+                "path": f"/v1/{kind}s",
+                "headers": _IDEMPOTENT_POST_HEADERS,
+            },
+            "httpResponse": _json_response(200, {"status": "succeeded"}),
+            "times": UNLIMITED,
+        }
+        for kind in ("capture", "void")
+    )
+    expectations.extend(
+        {
             "id": f"bank-{kind}-status-no-record-default",
             "priority": LOOKUP_DEFAULT_PRIORITY,
             "httpRequest": {"method": "GET", "path": f"/v1/{kind}s/.*"},
             "httpResponse": _json_response(404, NO_SUCH_RECORD),
             "times": UNLIMITED,
         }
-        for kind in ("authorization", "refund")
+        for kind in ("authorization", "refund", "capture", "void")
     )
     return expectations
 

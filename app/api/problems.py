@@ -28,6 +28,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "payment_not_found": 404,
     "payment_not_refundable": 409,
     "refund_exceeds_balance": 409,
+    "payment_not_capturable": 409,
+    "payment_not_voidable": 409,
     "bank_unavailable": 503,
     "service_unavailable": 503,
     "idempotency_key_reused": 422,

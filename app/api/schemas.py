@@ -27,6 +27,7 @@ from app.domain.money import MAX_MAJOR_UNITS, Money, normalize_currency
 from app.domain.payments import (
     DESCRIPTION_MAX_LENGTH,
     REFUND_REASON_MAX_LENGTH,
+    CaptureMethod,
     PaymentMethod,
     PaymentStatus,
     RefundStatus,
@@ -205,6 +206,15 @@ class PaymentRequest(_Strict):
         str | None, StringConstraints(max_length=DESCRIPTION_MAX_LENGTH), NoNul
     ] = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    capture_method: Annotated[
+        CaptureMethod,
+        Field(
+            description=(
+                "`automatic`: an approval captures at once (`captured`). `manual`: an "
+                "approval only authorizes (`authorized`); capture or void it later."
+            )
+        ),
+    ] = CaptureMethod.AUTOMATIC
 
     _money: Money = PrivateAttr()
 
@@ -254,21 +264,10 @@ class PaymentRequest(_Strict):
         return self._money
 
 
-class RefundRequest(_Strict):
-    """POST /api/v1/payments/{transaction_id}/refund; every field optional."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [{"amount": 50.00, "reason": "customer request", "metadata": {}}]
-        },
-    )
+class _OptionalAmount(_Strict):
+    """A body whose ``amount`` is optional: none means "all there is"."""
 
     amount: Amount | None = None
-    reason: Annotated[str | None, StringConstraints(max_length=REFUND_REASON_MAX_LENGTH), NoNul] = (
-        None
-    )
-    metadata: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("amount", mode="before")
     @classmethod
@@ -292,15 +291,38 @@ class RefundRequest(_Strict):
             return parsed
         return value
 
+    @property
+    def amount_decimal(self) -> Decimal | None:
+        """The amount asked for, exactly; ``None`` asks for everything there is."""
+        return None if self.amount is None else Decimal(self.amount)
+
+
+class RefundRequest(_OptionalAmount):
+    """POST /api/v1/payments/{transaction_id}/refund; every field optional."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"amount": 50.00, "reason": "customer request", "metadata": {}}]
+        },
+    )
+
+    reason: Annotated[str | None, StringConstraints(max_length=REFUND_REASON_MAX_LENGTH), NoNul] = (
+        None
+    )
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
     @field_validator("metadata")
     @classmethod
     def _bounded_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
         return _check_metadata(value)
 
-    @property
-    def amount_decimal(self) -> Decimal | None:
-        """The amount asked for, exactly; ``None`` refunds everything still refundable."""
-        return None if self.amount is None else Decimal(self.amount)
+
+class CaptureRequest(_OptionalAmount):
+    """POST /api/v1/payments/{transaction_id}/capture; no ``amount`` captures everything
+    authorized, a smaller one captures that much and releases the rest."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"amount": 80.00}]})
 
 
 class CardResponse(BaseModel):
@@ -331,6 +353,8 @@ PAYMENT_EXAMPLE: dict[str, Any] = {
     "amount": "99.99",
     "currency": "USD",
     "payment_method": "credit_card",
+    "capture_method": "automatic",
+    "captured_amount": "99.99",
     "card": {"brand": "visa", "last4": "4242", "exp_month": 12, "exp_year": 2030},
     "card_last_four": "4242",
     "authorization_code": "A1B2C3",
@@ -357,6 +381,8 @@ class PaymentResponse(BaseModel):
     amount: str
     currency: str
     payment_method: PaymentMethod
+    capture_method: CaptureMethod
+    captured_amount: str
     card: CardResponse
     card_last_four: str
     authorization_code: str | None

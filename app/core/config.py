@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     reconcile_batch_size: int = Field(default=20, ge=1, le=1000)
     # /health says "degraded" once an item has waited this long for the bank's answer.
     reconcile_alert_after_s: float = Field(default=900.0, gt=0)
+    # An authorization (capture_method manual) neither captured nor voided this long after
+    # the payment was made is voided at the bank and becomes "expired" (by the reconciler).
+    authorization_ttl_s: float = Field(default=7 * 24 * 3600.0, gt=0)
 
     # Retention (docs/deployment.md, "Housekeeping"): expired idempotency keys and
     # published outbox events are deleted in small batches by every worker.

@@ -160,6 +160,22 @@ class PaymentNotRefundable(PaymentServiceError):
     default_detail: ClassVar[str] = "The payment cannot be refunded."
 
 
+class PaymentNotCapturable(PaymentServiceError):
+    """Only an authorized payment can be captured."""
+
+    code: ClassVar[str] = "payment_not_capturable"
+    title: ClassVar[str] = "Payment not capturable"
+    default_detail: ClassVar[str] = "The payment cannot be captured."
+
+
+class PaymentNotVoidable(PaymentServiceError):
+    """Only an authorized payment can be voided."""
+
+    code: ClassVar[str] = "payment_not_voidable"
+    title: ClassVar[str] = "Payment not voidable"
+    default_detail: ClassVar[str] = "The payment cannot be voided."
+
+
 class RefundExceedsBalance(PaymentServiceError):
     """The requested refund is more than what remains refundable.
 

@@ -26,3 +26,12 @@ def new_refund_id() -> str:
 def is_transaction_id(value: str) -> bool:
     """Whether ``value`` has the shape of a payment id (it may still not exist)."""
     return bool(TRANSACTION_ID_SHAPE.fullmatch(value))
+
+
+OPERATION_PREFIXES: Final = {"capture": "cap", "void": "void", "expire": "exp"}
+"""The id prefix of each kind of operation on an authorization."""
+
+
+def new_operation_id(kind: str) -> str:
+    """A fresh, unguessable id for a capture, void or expiry (the bank's idempotency key)."""
+    return f"{OPERATION_PREFIXES[kind]}_{uuid.uuid4().hex}"

@@ -25,7 +25,10 @@ from app.domain.cards import CardBrand
 from app.domain.errors import (
     InvalidAmount,
     InvalidTransition,
+    PaymentNotCapturable,
     PaymentNotRefundable,
+    PaymentNotVoidable,
+    PaymentServiceError,
     RefundExceedsBalance,
 )
 from app.domain.events import DomainEvent, EventType
@@ -59,6 +62,15 @@ class CaptureMethod(StrEnum):
 
     AUTOMATIC = "automatic"
     MANUAL = "manual"
+
+
+class OperationKind(StrEnum):
+    """What is asked of the bank about an authorization."""
+
+    CAPTURE = "capture"
+    VOID = "void"
+    EXPIRE = "expire"
+    """A void the service asks for itself, once ``AUTHORIZATION_TTL`` has passed."""
 
 
 class PaymentMethod(StrEnum):
@@ -153,6 +165,21 @@ class Card:
     token: str = field(repr=False)
 
 
+@dataclass(frozen=True, slots=True)
+class PendingOperation:
+    """A capture, void or expiry recorded before the bank is asked, until it settles.
+
+    An authorized payment has at most one: the first one recorded wins, every other
+    capture, void or expiry is refused until it has settled.
+    """
+
+    kind: OperationKind
+    operation_id: str
+    requested_at: datetime
+    amount_minor: int | None = None
+    """What a capture takes (the rest of the authorization is released)."""
+
+
 @dataclass(eq=False, slots=True)
 class Refund:
     """Money returned against a captured payment; owned by its :class:`Payment`."""
@@ -204,6 +231,7 @@ class Payment:
     description: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     correlation_id: str | None = None
+    pending_operation: PendingOperation | None = None
     refunds: list[Refund] = field(default_factory=list)
     _events: list[DomainEvent] = field(default_factory=list, repr=False)
 
@@ -309,38 +337,97 @@ class Payment:
             raise InvalidTransition(f"A {self.status} payment is not waiting for the bank.")
         self._emit_payment_event(EventType.PAYMENT_PROCESSING, at)
 
-    # -- after an authorization -------------------------------------------------------
+    # -- after an authorization: capture, void, expiry -----------------------------------
 
-    def capture(self, *, amount: Money | None, at: datetime) -> None:
-        """Capture an authorized payment, in full or part (the rest is released).
+    def request_capture(
+        self, *, operation_id: str, amount: Money | None, at: datetime
+    ) -> PendingOperation:
+        """Record a capture of the authorization, in full or part, before the bank is asked.
 
         Raises:
-            InvalidTransition: The payment is not ``authorized``.
+            PaymentNotCapturable: The payment is not ``authorized``, or a capture or void
+                of it is already in progress.
             InvalidAmount: The amount is not positive, not in the payment's currency, or
                 more than was authorized.
         """
-        if self.status is not PaymentStatus.AUTHORIZED:
-            raise InvalidTransition(f"A {self.status} payment cannot be captured.")
+        self._ensure_free_authorization(PaymentNotCapturable, "captured")
         captured = self._checked_amount(amount, limit=self.amount, what="authorized")
-        self._move(PaymentStatus.CAPTURED, at)
-        self.captured_minor = captured.minor
-        self._emit_payment_event(EventType.PAYMENT_CAPTURED, at)
+        return self._pend(OperationKind.CAPTURE, operation_id, at, amount_minor=captured.minor)
 
-    def void(self, *, at: datetime) -> None:
-        """Release an authorization without capturing it.
+    def request_void(self, *, operation_id: str, at: datetime) -> PendingOperation:
+        """Record a void of the authorization before the bank is asked.
 
         Raises:
-            InvalidTransition: The payment is not ``authorized``.
+            PaymentNotVoidable: The payment is not ``authorized``, or a capture or void of
+                it is already in progress.
         """
-        if self.status is not PaymentStatus.AUTHORIZED:
-            raise InvalidTransition(f"A {self.status} payment cannot be voided.")
-        self._move(PaymentStatus.VOIDED, at)
-        self._emit_payment_event(EventType.PAYMENT_VOIDED, at)
+        self._ensure_free_authorization(PaymentNotVoidable, "voided")
+        return self._pend(OperationKind.VOID, operation_id, at)
+
+    def request_expiry(self, *, operation_id: str, at: datetime) -> PendingOperation:
+        """Record that an authorization left uncaptured too long is voided at the bank.
+
+        Raises:
+            InvalidTransition: The payment is not ``authorized``, or an operation is pending.
+        """
+        self._ensure_free_authorization(InvalidTransition, "expired")
+        return self._pend(OperationKind.EXPIRE, operation_id, at)
+
+    def complete_operation(self, *, succeeded: bool, at: datetime) -> None:
+        """The bank's answer to the pending operation: a capture or void that succeeded
+        moves the payment (``captured``/``voided``); one the bank refused leaves it
+        ``authorized``. An expiry expires the payment whatever the bank says (an
+        authorization lapses on its own)."""
+        operation = self.pending_operation
+        if operation is None:
+            raise InvalidTransition("No capture, void or expiry is waiting for the bank.")
+        self.pending_operation = None
+        if operation.kind is OperationKind.EXPIRE:
+            self._move(PaymentStatus.EXPIRED, at)
+            self._emit_payment_event(EventType.PAYMENT_EXPIRED, at)
+        elif not succeeded:
+            self.updated_at = at
+        elif operation.kind is OperationKind.CAPTURE:
+            assert operation.amount_minor is not None
+            self._move(PaymentStatus.CAPTURED, at)
+            self.captured_minor = operation.amount_minor
+            self._emit_payment_event(EventType.PAYMENT_CAPTURED, at)
+        else:
+            self._move(PaymentStatus.VOIDED, at)
+            self._emit_payment_event(EventType.PAYMENT_VOIDED, at)
+
+    def capture(self, *, amount: Money | None, at: datetime) -> None:
+        """Capture an authorized payment at once (a capture the bank has accepted)."""
+        self.request_capture(operation_id="immediate", amount=amount, at=at)
+        self.complete_operation(succeeded=True, at=at)
+
+    def void(self, *, at: datetime) -> None:
+        """Void an authorized payment at once (a void the bank has accepted)."""
+        self.request_void(operation_id="immediate", at=at)
+        self.complete_operation(succeeded=True, at=at)
 
     def expire(self, *, at: datetime) -> None:
-        """An authorization left uncaptured for too long lapses."""
-        self._move(PaymentStatus.EXPIRED, at)
-        self._emit_payment_event(EventType.PAYMENT_EXPIRED, at)
+        """Expire an authorized payment at once."""
+        self.request_expiry(operation_id="immediate", at=at)
+        self.complete_operation(succeeded=True, at=at)
+
+    def _ensure_free_authorization(self, error: type[PaymentServiceError], becoming: str) -> None:
+        if self.status is not PaymentStatus.AUTHORIZED:
+            raise error(f"A {self.status} payment cannot be {becoming}.")
+        if self.pending_operation is not None:
+            raise error(f"A {self.pending_operation.kind} of this payment is already in progress.")
+
+    def _pend(
+        self,
+        kind: OperationKind,
+        operation_id: str,
+        at: datetime,
+        *,
+        amount_minor: int | None = None,
+    ) -> PendingOperation:
+        self.pending_operation = PendingOperation(kind, operation_id, at, amount_minor)
+        self.updated_at = at
+        return self.pending_operation
 
     # -- refunds ----------------------------------------------------------------------
 

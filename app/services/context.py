@@ -40,6 +40,8 @@ class ReconcilePolicy:
             overdue (and still asked about, at ``max_interval``).
         lease: How long a claimed item is left to its claimer before another may take it.
         batch_size: Items claimed per round.
+        authorization_ttl: How long an authorization may wait for its capture or void;
+            older ones are voided at the bank and expire.
     """
 
     first_delay: timedelta = timedelta(seconds=10)
@@ -48,6 +50,7 @@ class ReconcilePolicy:
     window: timedelta = timedelta(hours=24)
     lease: timedelta = timedelta(seconds=60)
     batch_size: int = 20
+    authorization_ttl: timedelta = timedelta(days=7)
 
     def next_attempt(self, *, attempts: int, now: datetime) -> datetime:
         """When to ask again after ``attempts`` lookups: exponential, capped, jittered."""

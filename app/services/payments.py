@@ -130,12 +130,13 @@ async def process_payment(
     metadata: dict[str, Any],
     correlation_id: str | None,
     idempotency: IdempotencyKey | None = None,
+    capture_method: CaptureMethod = CaptureMethod.AUTOMATIC,
 ) -> Answer:
     """Take a card payment: record it, ask the bank, settle it; answers the payment.
 
     ``merchant`` is the API key's merchant, ``merchant_id`` the one the request names.
     Declines are answers (200). An unknown bank answer is a 202 with the payment
-    ``processing``.
+    ``processing``. With ``capture_method`` manual an approval only authorizes.
 
     Raises:
         BankUnavailable: The bank certainly did not receive the request; the payment is
@@ -166,6 +167,7 @@ async def process_payment(
             merchant=merchant,
             amount=amount,
             payment_method=payment_method,
+            capture_method=capture_method,
             card=card,
             description=description,
             metadata=metadata,
@@ -209,6 +211,7 @@ class _Attempt:
     merchant: Merchant
     amount: Money
     payment_method: PaymentMethod
+    capture_method: CaptureMethod
     card: CardDetails
     description: str | None
     metadata: dict[str, Any]
@@ -271,7 +274,7 @@ class _Attempt:
             merchant_id=self.merchant.merchant_id,
             amount=self.amount,
             payment_method=self.payment_method,
-            capture_method=CaptureMethod.AUTOMATIC,
+            capture_method=self.capture_method,
             card=kept,
             description=self.description,
             metadata=self.metadata,

@@ -15,6 +15,12 @@ run it without two settling the same item), asks the bank's status lookup, and:
   ``RECONCILE_MAX_INTERVAL``; past ``RECONCILE_WINDOW`` the item is reported overdue and
   still asked about.
 
+A capture or void pending on an authorization is settled the same way from its own
+lookup (no record: it did not happen, the payment stays ``authorized``). An expiry is the
+service's own decision, so its void is simply sent again (the bank's idempotency key is
+the expiry's id) until the bank answers. Each round then expires the authorizations older
+than ``AUTHORIZATION_TTL``: recorded first (claimed like the rest), voided, settled.
+
 docs/runbook.md, "A payment is stuck, or its outcome is unknown", is the operator's view.
 """
 
@@ -28,7 +34,8 @@ from datetime import datetime
 
 from app.domain.audit import RECONCILER_ACTOR
 from app.domain.errors import BankUnavailable
-from app.domain.payments import BANK_NO_RECORD, Payment, Refund
+from app.domain.payments import BANK_NO_RECORD, OperationKind, Payment, PendingOperation, Refund
+from app.services.authorizations import ask_bank, settle_operation
 from app.services.context import ServiceContext
 from app.services.payments import (
     apply_authorization,
@@ -36,7 +43,13 @@ from app.services.payments import (
     report_outcome,
     settle_payment,
 )
-from app.services.ports import BankAnswerUnknown, ConcurrentUpdate, RefundResult, Unsettled
+from app.services.ports import (
+    BankAnswerUnknown,
+    ConcurrentUpdate,
+    OperationResult,
+    RefundResult,
+    Unsettled,
+)
 from app.services.refunds import settle_refund
 from app.services.telemetry import span
 
@@ -75,6 +88,7 @@ async def reconcile_once(ctx: ServiceContext) -> ReconcileReport:
             now=ctx.clock(), lease=policy.lease, limit=policy.batch_size
         )
     await asyncio.gather(*(_reconcile_refund(ctx, item, report) for item in refunds))
+    await expire_authorizations(ctx, report)
     for (kind, outcome), count in report.settled.items():
         ctx.metrics.reconciliation_settled(kind=kind, outcome=outcome, count=count)
     if report.claimed:
@@ -96,6 +110,9 @@ async def _reconcile_payment(
     ctx: ServiceContext, unsettled: Unsettled[Payment], report: ReconcileReport
 ) -> None:
     payment = unsettled.item
+    if payment.pending_operation is not None:
+        await _reconcile_operation(ctx, unsettled, payment.pending_operation, report)
+        return
     with span("reconcile.payment", transaction_id=payment.transaction_id):
         try:
             answer = await ctx.bank.authorization_status(
@@ -124,6 +141,76 @@ async def _reconcile_payment(
         report.settled["payment", payment.status.value] += 1
         report_outcome(ctx, payment)
         await ctx.publisher.publish_committed(messages)
+
+
+async def _reconcile_operation(
+    ctx: ServiceContext,
+    unsettled: Unsettled[Payment],
+    operation: PendingOperation,
+    report: ReconcileReport,
+) -> None:
+    payment = unsettled.item
+    with span(f"reconcile.{operation.kind}", transaction_id=payment.transaction_id):
+        answer: OperationResult | None
+        try:
+            if operation.kind is OperationKind.EXPIRE:
+                answer = await ask_bank(ctx, payment, operation, correlation_id=None)
+            elif operation.kind is OperationKind.CAPTURE:
+                answer = await ctx.bank.capture_status(
+                    operation.operation_id, correlation_id=payment.correlation_id
+                )
+            else:
+                answer = await ctx.bank.void_status(
+                    operation.operation_id, correlation_id=payment.correlation_id
+                )
+        except (BankUnavailable, BankAnswerUnknown) as exc:
+            await _defer_operation(ctx, unsettled, operation, report, why=_why(exc))
+            return
+        if answer is None:
+            if ctx.clock() - operation.requested_at < ctx.reconcile.no_record_after:
+                await _defer_operation(ctx, unsettled, operation, report, why="no record yet")
+                return
+            answer = OperationResult(succeeded=False, failure_code=BANK_NO_RECORD)
+        now_payment, messages = await settle_operation(
+            ctx,
+            transaction_id=payment.transaction_id,
+            operation_id=operation.operation_id,
+            result=answer,
+            actor=RECONCILER_ACTOR,
+        )
+        if now_payment.pending_operation is None:
+            done = answer.succeeded or operation.kind is OperationKind.EXPIRE
+            outcome = now_payment.status.value if done else "failed"
+            report.settled[str(operation.kind), outcome] += 1
+            logger.info(
+                "reconciled the %s of payment %s: %s",
+                operation.kind,
+                payment.transaction_id,
+                outcome,
+                extra={"transaction_id": payment.transaction_id, "status": outcome},
+            )
+        await ctx.publisher.publish_committed(messages)
+
+
+async def expire_authorizations(ctx: ServiceContext, report: ReconcileReport) -> None:
+    """Void and expire the authorizations older than ``AUTHORIZATION_TTL``: each expiry is
+    recorded (claimed, in one statement) before its void is sent, so a process that dies
+    in between leaves it to the next round."""
+    now = ctx.clock()
+    async with ctx.uow_factory() as uow:
+        expiring = await uow.payments.claim_expiring(
+            now=now,
+            authorized_before=now - ctx.reconcile.authorization_ttl,
+            lease=ctx.reconcile.lease,
+            limit=ctx.reconcile.batch_size,
+        )
+    await asyncio.gather(
+        *(
+            _reconcile_operation(ctx, Unsettled(payment, 0), operation, report)
+            for payment in expiring
+            if (operation := payment.pending_operation) is not None
+        )
+    )
 
 
 async def _reconcile_refund(
@@ -173,6 +260,30 @@ async def _defer_payment(
     )
     async with ctx.uow_factory() as uow:
         uow.payments.defer_reconciliation(item.transaction_id, at=at)
+        await uow.commit()
+
+
+async def _defer_operation(
+    ctx: ServiceContext,
+    unsettled: Unsettled[Payment],
+    operation: PendingOperation,
+    report: ReconcileReport,
+    *,
+    why: str,
+) -> None:
+    item = unsettled.item
+    at = _next_attempt(
+        ctx,
+        unsettled,
+        operation.requested_at,
+        report,
+        why=why,
+        item=f"the {operation.kind} of payment {item.transaction_id}",
+    )
+    async with ctx.uow_factory() as uow:
+        uow.payments.defer_reconciliation(
+            item.transaction_id, at=at, operation_id=operation.operation_id
+        )
         await uow.commit()
 
 

@@ -23,6 +23,8 @@ def payment_response(payment: Payment, *, with_refunds: bool = False) -> dict[st
         "amount": payment.amount.format(),
         "currency": payment.currency,
         "payment_method": payment.payment_method.value,
+        "capture_method": payment.capture_method.value,
+        "captured_amount": payment.captured.format(),
         "card": {
             "brand": card.brand.value,
             "last4": card.last4,

@@ -51,6 +51,8 @@ STATUS_BY_CODE = {
     "method_not_allowed": 405,
     "payment_not_refundable": 409,
     "refund_exceeds_balance": 409,
+    "payment_not_capturable": 409,
+    "payment_not_voidable": 409,
     "idempotency_in_progress": 409,
     "payload_too_large": 413,
     "validation_error": 422,
@@ -175,6 +177,12 @@ async def produce(code: str, s: Scene) -> httpx.Response:
             return await refund(client, merchant, declined.json()["transaction_id"])
         case "refund_exceeds_balance":
             return await refund(client, merchant, await s.captured("10.00"), "10.01")
+        case "payment_not_capturable":
+            captured = await s.captured("10.00")
+            return await client.post(f"{payment_url(captured)}/capture", headers=merchant.headers)
+        case "payment_not_voidable":
+            captured = await s.captured("10.00")
+            return await client.post(f"{payment_url(captured)}/void", headers=merchant.headers)
         case "idempotency_in_progress":
             runtime = client.app.state.runtime  # type: ignore[attr-defined]
             bank = GatedBank(runtime.services.bank)

@@ -25,6 +25,12 @@ PAYMENT_ENDPOINTS = {
     ("/api/v1/payments/{transaction_id}/refund", "post"): {
         400, 401, 403, 404, 409, 413, 422, 500, 503,
     },
+    ("/api/v1/payments/{transaction_id}/capture", "post"): {
+        400, 401, 403, 404, 409, 413, 422, 500, 503,
+    },
+    ("/api/v1/payments/{transaction_id}/void", "post"): {
+        400, 401, 403, 404, 409, 413, 422, 500, 503,
+    },
 }  # fmt: skip
 OTHER_ENDPOINTS = {
     ("/", "get"),

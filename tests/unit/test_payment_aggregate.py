@@ -15,7 +15,10 @@ from hypothesis import strategies as st
 from app.domain.errors import (
     InvalidAmount,
     InvalidTransition,
+    PaymentNotCapturable,
     PaymentNotRefundable,
+    PaymentNotVoidable,
+    PaymentServiceError,
     RefundExceedsBalance,
 )
 from app.domain.events import EVENT_VERSION, EventType
@@ -143,7 +146,11 @@ def test_each_operation_moves_only_where_the_table_allows(
         (event,) = subject.pull_events()
         assert event.data["status"] == target.value
     else:
-        with pytest.raises(InvalidTransition):
+        expected: type[PaymentServiceError] = {
+            "capture": PaymentNotCapturable,
+            "void": PaymentNotVoidable,
+        }.get(operation, InvalidTransition)
+        with pytest.raises(expected):
             act(subject)
         assert subject.status is status
         assert subject.pull_events() == []
@@ -378,3 +385,61 @@ def test_events_are_pulled_once_in_order() -> None:
         EventType.PAYMENT_VOIDED,
     ]
     assert subject.pull_events() == []
+
+
+# -- one operation at a time on an authorization ---------------------------------------
+
+
+def test_a_capture_is_recorded_before_the_bank_and_settled_by_its_answer() -> None:
+    subject = payment(S.AUTHORIZED)
+    pending = subject.request_capture(operation_id="cap_1", amount=usd(5000), at=LATER)
+    assert (pending.kind, pending.amount_minor) == ("capture", 5000)
+    assert subject.status is S.AUTHORIZED  # nothing moved yet
+    assert subject.pull_events() == []
+    subject.complete_operation(succeeded=True, at=LATER)
+    assert subject.status is S.CAPTURED
+    assert subject.captured == usd(5000)
+    assert subject.pending_operation is None
+    assert [e.event_type for e in subject.pull_events()] == [EventType.PAYMENT_CAPTURED]
+
+
+@pytest.mark.parametrize("first", ["capture", "void", "expire"])
+@pytest.mark.parametrize("second", ["capture", "void", "expire"])
+def test_while_one_operation_is_pending_every_other_is_refused(first: str, second: str) -> None:
+    subject = payment(S.AUTHORIZED)
+    request = {
+        "capture": lambda: subject.request_capture(operation_id="a", amount=None, at=LATER),
+        "void": lambda: subject.request_void(operation_id="b", at=LATER),
+        "expire": lambda: subject.request_expiry(operation_id="c", at=LATER),
+    }
+    request[first]()
+    expected: type[PaymentServiceError] = {
+        "capture": PaymentNotCapturable,
+        "void": PaymentNotVoidable,
+    }.get(second, InvalidTransition)
+    with pytest.raises(expected, match="already in progress"):
+        request[second]()
+    assert subject.pending_operation is not None
+    assert subject.pending_operation.kind == first
+
+
+def test_a_refused_capture_or_void_leaves_the_authorization_and_an_expiry_always_expires() -> None:
+    refused = payment(S.AUTHORIZED)
+    refused.request_void(operation_id="void_1", at=LATER)
+    refused.complete_operation(succeeded=False, at=LATER)
+    assert (refused.status, refused.pending_operation) == (S.AUTHORIZED, None)
+    assert refused.pull_events() == []
+
+    lapsed = payment(S.AUTHORIZED)
+    lapsed.request_expiry(operation_id="exp_1", at=LATER)
+    lapsed.complete_operation(succeeded=False, at=LATER)  # the bank had nothing to void
+    assert lapsed.status is S.EXPIRED
+    assert [e.event_type for e in lapsed.pull_events()] == [EventType.PAYMENT_EXPIRED]
+
+
+def test_nothing_is_refundable_before_a_capture() -> None:
+    subject = payment(S.AUTHORIZED)
+    with pytest.raises(PaymentNotRefundable):
+        subject.request_refund(
+            refund_id="re_1", amount=None, reason=None, metadata={}, correlation_id=None, at=LATER
+        )

@@ -15,6 +15,12 @@ Wire protocol (ours; MockServer simulates it in development):
 - ``GET /v1/refunds/{refund_id}`` → 200 with the same body the refund ``POST`` answered,
   or 404 ``{"error": "no_such_record"}`` when the bank has no record of that refund (a
   404 without that body -- a wrong URL, a proxy's page -- is not an answer: unknown);
+- ``POST /v1/captures`` (``capture_id``, ``transaction_id``, ``authorization_code``,
+  ``amount_minor``, ``currency``) and ``POST /v1/voids`` (``void_id``, ``transaction_id``,
+  ``authorization_code``), ``Idempotency-Key: <capture_id | void_id>`` → 200
+  ``{"status": "succeeded"}`` or ``{"status": "failed", "failure_code": ...}``; their
+  lookups ``GET /v1/captures/{capture_id}`` and ``GET /v1/voids/{void_id}`` answer the
+  same, or 404 ``{"error": "no_such_record"}``;
 - ``GET /health`` → 200.
 
 Every request carries ``X-Correlation-ID``. Ids in lookup paths are percent-encoded.
@@ -79,7 +85,10 @@ from app.services.ports.bank import (
     AuthorizationRequest,
     AuthorizationResult,
     BankAnswerUnknown,
+    BankCaptureRequest,
     BankRefundRequest,
+    BankVoidRequest,
+    OperationResult,
     RefundResult,
 )
 from app.services.ports.metrics import Metrics, NoMetrics
@@ -88,6 +97,8 @@ logger = logging.getLogger(__name__)
 
 AUTHORIZATIONS_PATH: Final = "/v1/authorizations"
 REFUNDS_PATH: Final = "/v1/refunds"
+CAPTURES_PATH: Final = "/v1/captures"
+VOIDS_PATH: Final = "/v1/voids"
 HEALTH_PATH: Final = "/health"
 
 BACKOFF_FACTOR_S: Final = 0.1
@@ -290,6 +301,48 @@ class HttpBankGateway:
         )
         return self._answered(call, await self._call(call, _refund_result))
 
+    async def capture(self, request: BankCaptureRequest) -> OperationResult:
+        """Capture (part of) an authorization; a refused capture is an answer.
+
+        Raises:
+            BankUnavailable | BankAnswerUnknown: As :meth:`authorize`.
+        """
+        call = _BankCall(
+            operation="capture",
+            method="POST",
+            path=CAPTURES_PATH,
+            reference=request.capture_id,
+            payload={
+                "capture_id": request.capture_id,
+                "transaction_id": request.transaction_id,
+                "authorization_code": request.authorization_code,
+                "amount_minor": request.amount_minor,
+                "currency": request.currency,
+            },
+            headers=self._headers(request.correlation_id, idempotency_key=request.capture_id),
+        )
+        return self._answered(call, await self._call(call, _operation_result))
+
+    async def void(self, request: BankVoidRequest) -> OperationResult:
+        """Release an authorization; a refused void is an answer.
+
+        Raises:
+            BankUnavailable | BankAnswerUnknown: As :meth:`authorize`.
+        """
+        call = _BankCall(
+            operation="void",
+            method="POST",
+            path=VOIDS_PATH,
+            reference=request.void_id,
+            payload={
+                "void_id": request.void_id,
+                "transaction_id": request.transaction_id,
+                "authorization_code": request.authorization_code,
+            },
+            headers=self._headers(request.correlation_id, idempotency_key=request.void_id),
+        )
+        return self._answered(call, await self._call(call, _operation_result))
+
     async def authorization_status(
         self, transaction_id: str, *, correlation_id: str | None = None
     ) -> AuthorizationResult | None:
@@ -298,33 +351,48 @@ class HttpBankGateway:
         Raises:
             BankUnavailable | BankAnswerUnknown: The bank could not say; ask again later.
         """
-        call = _BankCall(
-            operation="authorization_status",
-            method="GET",
-            path=f"{AUTHORIZATIONS_PATH}/{quote(transaction_id, safe='')}",
-            reference=transaction_id,
-            headers=self._headers(correlation_id),
-            no_record_is_an_answer=True,
-        )
-        return await self._call(call, _authorization_result)
+        return await self._lookup(
+            "authorization", AUTHORIZATIONS_PATH, transaction_id, correlation_id,
+            _authorization_result,
+        )  # fmt: skip
 
     async def refund_status(
         self, refund_id: str, *, correlation_id: str | None = None
     ) -> RefundResult | None:
-        """What the bank decided for a refund; ``None`` when it has no record.
+        """What the bank decided for a refund; ``None`` when it has no record."""
+        return await self._lookup("refund", REFUNDS_PATH, refund_id, correlation_id, _refund_result)
 
-        Raises:
-            BankUnavailable | BankAnswerUnknown: The bank could not say; ask again later.
-        """
+    async def capture_status(
+        self, capture_id: str, *, correlation_id: str | None = None
+    ) -> OperationResult | None:
+        """What the bank decided for a capture; ``None`` when it has no record."""
+        return await self._lookup(
+            "capture", CAPTURES_PATH, capture_id, correlation_id, _operation_result
+        )
+
+    async def void_status(
+        self, void_id: str, *, correlation_id: str | None = None
+    ) -> OperationResult | None:
+        """What the bank decided for a void; ``None`` when it has no record."""
+        return await self._lookup("void", VOIDS_PATH, void_id, correlation_id, _operation_result)
+
+    async def _lookup[T](
+        self,
+        operation: str,
+        path: str,
+        reference: str,
+        correlation_id: str | None,
+        parse: Callable[[dict[str, Any]], T],
+    ) -> T | None:
         call = _BankCall(
-            operation="refund_status",
+            operation=f"{operation}_status",
             method="GET",
-            path=f"{REFUNDS_PATH}/{quote(refund_id, safe='')}",
-            reference=refund_id,
+            path=f"{path}/{quote(reference, safe='')}",
+            reference=reference,
             headers=self._headers(correlation_id),
             no_record_is_an_answer=True,
         )
-        return await self._call(call, _refund_result)
+        return await self._call(call, parse)
 
     def report_metrics_to(self, metrics: Metrics) -> None:
         """Report each call's latency and every circuit state change to ``metrics``."""
@@ -691,6 +759,16 @@ def _refund_result(answer: dict[str, Any]) -> RefundResult:
             succeeded=False, bank_reference=reference, failure_code=failure_code or REFUND_FAILED
         )
     raise _MalformedAnswerError("unknown refund status")
+
+
+def _operation_result(answer: dict[str, Any]) -> OperationResult:
+    status = answer.get("status")
+    if status == "succeeded":
+        return OperationResult(succeeded=True)
+    if status == "failed":
+        failure_code = _code(answer.get("failure_code"), FAILURE_CODE_MAX_LENGTH)
+        return OperationResult(succeeded=False, failure_code=failure_code or "operation_failed")
+    raise _MalformedAnswerError("unknown capture or void status")
 
 
 NO_SUCH_RECORD: Final = "no_such_record"

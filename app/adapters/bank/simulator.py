@@ -18,7 +18,10 @@ from app.services.ports.bank import (
     AuthorizationRequest,
     AuthorizationResult,
     BankAnswerUnknown,
+    BankCaptureRequest,
     BankRefundRequest,
+    BankVoidRequest,
+    OperationResult,
     RefundResult,
 )
 
@@ -50,6 +53,7 @@ class SimulatedBankGateway:
         """Create a simulator with an empty memory of ``memory_entries`` per kind."""
         self._authorizations: LRUCache[str, AuthorizationResult] = LRUCache(memory_entries)
         self._refunds: LRUCache[str, RefundResult] = LRUCache(memory_entries)
+        self._operations: LRUCache[str, OperationResult] = LRUCache(memory_entries)
 
     async def authorize(self, request: AuthorizationRequest) -> AuthorizationResult:
         """Answer as the test-card table says; any other valid number is approved.
@@ -95,6 +99,41 @@ class SimulatedBankGateway:
             decided = RefundResult(succeeded=True, bank_reference=f"sim_{secrets.token_hex(8)}")
             self._refunds[request.refund_id] = decided
         return decided
+
+    async def capture(self, request: BankCaptureRequest) -> OperationResult:
+        """A capture succeeds unless this process declined the authorization it names
+        (``authorization_not_found``); a repeated one answers as it did the first time.
+        Another worker's (or a restarted process's) authorizations are not in this
+        process's memory, so they are taken on trust, as the sandbox of a real bank does."""
+        return self._operate(request.capture_id, request.transaction_id)
+
+    async def void(self, request: BankVoidRequest) -> OperationResult:
+        """As :meth:`capture`, for a void."""
+        return self._operate(request.void_id, request.transaction_id)
+
+    def _operate(self, operation_id: str, transaction_id: str) -> OperationResult:
+        decided = self._operations.get(operation_id)
+        if decided is None:
+            authorization = self._authorizations.get(transaction_id)
+            decided = (
+                OperationResult(succeeded=False, failure_code="authorization_not_found")
+                if authorization is not None and not authorization.approved
+                else OperationResult(succeeded=True)
+            )
+            self._operations[operation_id] = decided
+        return decided
+
+    async def capture_status(
+        self, capture_id: str, *, correlation_id: str | None = None
+    ) -> OperationResult | None:
+        """What this process decided for ``capture_id``; ``None`` if nothing."""
+        return self._operations.get(capture_id)
+
+    async def void_status(
+        self, void_id: str, *, correlation_id: str | None = None
+    ) -> OperationResult | None:
+        """What this process decided for ``void_id``; ``None`` if nothing."""
+        return self._operations.get(void_id)
 
     async def authorization_status(
         self, transaction_id: str, *, correlation_id: str | None = None

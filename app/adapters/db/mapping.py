@@ -19,9 +19,11 @@ from app.domain.payments import (
     CAPTURED_STATUSES,
     CaptureMethod,
     Card,
+    OperationKind,
     Payment,
     PaymentMethod,
     PaymentStatus,
+    PendingOperation,
     Refund,
     RefundStatus,
 )
@@ -39,7 +41,7 @@ def payment_from_row(row: Row, refunds: Sequence[Refund] = ()) -> Payment:
         merchant_id=row["merchant_id"],
         amount=amount,
         payment_method=PaymentMethod(row["payment_method"]),
-        capture_method=CaptureMethod.AUTOMATIC,
+        capture_method=CaptureMethod(row["capture_method"]),
         card=Card(
             brand=CardBrand(row["card_brand"]),
             last4=row["card_last4"],
@@ -49,7 +51,23 @@ def payment_from_row(row: Row, refunds: Sequence[Refund] = ()) -> Payment:
             token=row["card_ciphertext"],
         ),
         status=status,
-        captured_minor=amount.minor if status in CAPTURED_STATUSES else 0,
+        captured_minor=(
+            row["captured_minor"]
+            if row["captured_minor"] is not None
+            else amount.minor
+            if status in CAPTURED_STATUSES
+            else 0
+        ),
+        pending_operation=(
+            None
+            if row["pending_operation"] is None
+            else PendingOperation(
+                kind=OperationKind(row["pending_operation"]),
+                operation_id=row["pending_operation_id"],
+                requested_at=row["pending_operation_at"],
+                amount_minor=row["pending_operation_minor"],
+            )
+        ),
         refunded_minor=row["refunded_minor"],
         pending_refund_minor=row["refund_pending_minor"],
         authorization_code=row["authorization_code"],
@@ -74,6 +92,7 @@ def payment_values(payment: Payment) -> dict[str, Any]:
         "amount_minor": payment.amount.minor,
         "currency": payment.currency,
         "payment_method": payment.payment_method.value,
+        "capture_method": payment.capture_method.value,
         "card_brand": card.brand.value,
         "card_last4": card.last4,
         "card_exp_month": card.exp_month,
@@ -89,8 +108,14 @@ def payment_values(payment: Payment) -> dict[str, Any]:
 
 def payment_state_values(payment: Payment) -> dict[str, Any]:
     """The columns a payment's transitions change."""
+    pending = payment.pending_operation
     return {
         "status": payment.status.value,
+        "captured_minor": payment.captured_minor,
+        "pending_operation": None if pending is None else pending.kind.value,
+        "pending_operation_id": None if pending is None else pending.operation_id,
+        "pending_operation_minor": None if pending is None else pending.amount_minor,
+        "pending_operation_at": None if pending is None else pending.requested_at,
         "refunded_minor": payment.refunded_minor,
         "refund_pending_minor": payment.pending_refund_minor,
         "authorization_code": payment.authorization_code,

@@ -34,6 +34,8 @@ from app.domain.audit import AuditOutcome
 from app.domain.merchants import MerchantStatus
 from app.domain.payments import (
     REFUNDED_STATUSES,
+    CaptureMethod,
+    OperationKind,
     PaymentMethod,
     PaymentStatus,
     RefundStatus,
@@ -53,6 +55,9 @@ PAYMENT_METHODS = tuple(method.value for method in PaymentMethod)
 MERCHANT_STATUSES = tuple(status.value for status in MerchantStatus)
 IDEMPOTENCY_STATES = ("in_progress", "completed")
 AUDIT_OUTCOMES = tuple(outcome.value for outcome in AuditOutcome)
+CAPTURE_METHODS = tuple(method.value for method in CaptureMethod)
+OPERATION_KINDS = tuple(kind.value for kind in OperationKind)
+_CAPTURED = "coalesce(captured_minor, amount_minor)"
 UNREFUNDED_STATUSES = tuple(s.value for s in PaymentStatus if s not in REFUNDED_STATUSES)
 """Statuses in which nothing can have been refunded (the domain's sets, in table order)."""
 
@@ -123,21 +128,37 @@ class PaymentRow(Base):
         CheckConstraint(
             f"({_in('status', UNREFUNDED_STATUSES)} AND refunded_minor = 0)"
             " OR (status = 'partially_refunded'"
-            " AND refunded_minor > 0 AND refunded_minor < amount_minor)"
-            " OR (status = 'refunded' AND refunded_minor = amount_minor)",
+            f" AND refunded_minor > 0 AND refunded_minor < {_CAPTURED})"
+            f" OR (status = 'refunded' AND refunded_minor = {_CAPTURED})",
             name="status_matches_refunds",
         ),
         CheckConstraint("card_exp_month BETWEEN 1 AND 12", name="card_exp_month_valid"),
         CheckConstraint("card_last4 ~ '^[0-9]{4}$'", name="card_last4_digits"),
         CheckConstraint(
-            "refund_pending_minor >= 0 AND refunded_minor + refund_pending_minor <= amount_minor",
+            f"refund_pending_minor >= 0 AND refunded_minor + refund_pending_minor <= {_CAPTURED}",
             name="refunds_within_capture",
+        ),
+        CheckConstraint(_in("capture_method", CAPTURE_METHODS), name="capture_method_valid"),
+        CheckConstraint(
+            "captured_minor IS NULL OR (captured_minor >= 0 AND captured_minor <= amount_minor)",
+            name="captured_within_amount",
+        ),
+        CheckConstraint(
+            "(pending_operation IS NULL AND pending_operation_id IS NULL)"
+            f" OR ({_in('pending_operation', OPERATION_KINDS)}"
+            " AND pending_operation_id IS NOT NULL AND status = 'authorized')",
+            name="pending_operation_valid",
         ),
         Index("ix_transactions_merchant_id_created_at", "merchant_id", text("created_at DESC")),
         Index(
-            "ix_transactions_next_reconcile_at",
+            "ix_transactions_reconcile_due",
             "next_reconcile_at",
-            postgresql_where=text("status = 'processing'"),
+            postgresql_where=text("next_reconcile_at IS NOT NULL"),
+        ),
+        Index(
+            "ix_transactions_authorized_created_at",
+            "created_at",
+            postgresql_where=text("status = 'authorized' AND pending_operation IS NULL"),
         ),
         Index("ix_transactions_status", "status"),
         Index("ix_transactions_created_at", "created_at"),
@@ -149,6 +170,11 @@ class PaymentRow(Base):
         ForeignKey("merchants.merchant_id", ondelete="RESTRICT"), nullable=False
     )
     amount_minor: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    capture_method: Mapped[str] = mapped_column(
+        String(16), nullable=False, server_default="automatic"
+    )
+    # What was captured; NULL on rows written before it existed: the whole amount once captured.
+    captured_minor: Mapped[int | None] = mapped_column(BigInteger)
     refunded_minor: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
     # What pending refunds have reserved: refunded + pending never exceeds the capture.
     refund_pending_minor: Mapped[int] = mapped_column(
@@ -174,9 +200,15 @@ class PaymentRow(Base):
     correlation_id: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
-    # While processing: when the reconciler next asks the bank, and how often it has.
+    # While processing, or while an operation is pending: when the reconciler next asks the
+    # bank, and how often it has.
     next_reconcile_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     reconcile_attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    # The capture, void or expiry of an authorization recorded before the bank is asked.
+    pending_operation: Mapped[str | None] = mapped_column(String(16))
+    pending_operation_id: Mapped[str | None] = mapped_column(String(40))
+    pending_operation_minor: Mapped[int | None] = mapped_column(BigInteger)
+    pending_operation_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     refunds: Mapped[list[RefundRow]] = relationship(
         back_populates="payment", order_by="RefundRow.created_at", lazy="raise"

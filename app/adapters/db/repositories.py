@@ -22,6 +22,7 @@ from sqlalchemy import (
     bindparam,
     delete,
     func,
+    literal,
     or_,
     select,
     update,
@@ -29,6 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import aliased
+from sqlalchemy.sql.elements import ColumnElement
 
 from app.adapters.db.mapping import (
     api_key_from_row,
@@ -56,8 +58,9 @@ from app.adapters.db.models import (
 from app.adapters.db.notifications import CACHE_CHANNEL
 from app.adapters.db.write_batch import WriteBatch, register_guard
 from app.domain.audit import AuditEntry
+from app.domain.ids import OPERATION_PREFIXES
 from app.domain.merchants import ApiKey, Merchant
-from app.domain.payments import Payment, PaymentStatus, Refund, RefundStatus
+from app.domain.payments import OperationKind, Payment, PaymentStatus, Refund, RefundStatus
 from app.services.ports import (
     IdempotencyRecord,
     Lease,
@@ -225,7 +228,10 @@ class PaymentRepository:
         if expected_status is not None:
             where["status"] = expected_status.value
         values = payment_state_values(payment)
-        if payment.status is not PaymentStatus.PROCESSING:
+        unsettled = (
+            payment.status is PaymentStatus.PROCESSING or payment.pending_operation is not None
+        )
+        if not unsettled:
             values["next_reconcile_at"] = None
         elif reconcile_at is not None:
             values["next_reconcile_at"] = reconcile_at
@@ -244,13 +250,37 @@ class PaymentRepository:
         ).mappings()
         return [Unsettled(payment_from_row(row), row["reconcile_attempts"]) for row in rows]
 
-    def defer_reconciliation(self, transaction_id: str, *, at: datetime) -> None:
-        """Stage: reconcile this payment again at ``at`` (while it is still processing)."""
-        self._batch.update(
-            PAYMENTS,
-            where={"transaction_id": transaction_id, "status": PaymentStatus.PROCESSING.value},
-            values={"next_reconcile_at": at},
-        )
+    async def claim_expiring(
+        self, *, now: datetime, authorized_before: datetime, lease: timedelta, limit: int
+    ) -> list[Payment]:
+        """Record the expiry of up to ``limit`` authorizations made before
+        ``authorized_before`` and still free (one statement, SKIP LOCKED): each now has an
+        ``expire`` operation pending, leased for ``lease``."""
+        connection = await _alone(self._session)
+        rows = (
+            await connection.execute(
+                _CLAIM_EXPIRING,
+                {
+                    "now": now,
+                    "until": now + lease,
+                    "authorized_before": authorized_before,
+                    "limit": limit,
+                },
+            )
+        ).mappings()
+        return [payment_from_row(row) for row in rows]
+
+    def defer_reconciliation(
+        self, transaction_id: str, *, at: datetime, operation_id: str | None = None
+    ) -> None:
+        """Stage: reconcile this payment again at ``at`` -- while it is still processing,
+        or (with ``operation_id``) while that operation is still pending."""
+        where: dict[str, Any] = {"transaction_id": transaction_id}
+        if operation_id is None:
+            where["status"] = PaymentStatus.PROCESSING.value
+        else:
+            where["pending_operation_id"] = operation_id
+        self._batch.update(PAYMENTS, where=where, values={"next_reconcile_at": at})
 
 
 class RefundRepository:
@@ -305,13 +335,10 @@ async def _alone(session: AsyncSession) -> AsyncConnection:
     return await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
 
-def _claim_unsettled(table: Table, key: Column[Any], unsettled_status: str) -> Any:
+def _claim_unsettled(table: Table, key: Column[Any], unsettled: ColumnElement[bool]) -> Any:
     due = (
         select(key)
-        .where(
-            table.c.status == unsettled_status,
-            table.c.next_reconcile_at <= bindparam("now", type_=_AT),
-        )
+        .where(unsettled, table.c.next_reconcile_at <= bindparam("now", type_=_AT))
         .order_by(table.c.next_reconcile_at)
         .limit(bindparam("limit"))
         .with_for_update(skip_locked=True)
@@ -330,10 +357,45 @@ def _claim_unsettled(table: Table, key: Column[Any], unsettled_status: str) -> A
 
 
 _CLAIM_UNSETTLED_PAYMENTS = _claim_unsettled(
-    PAYMENTS, PAYMENTS.c.transaction_id, PaymentStatus.PROCESSING.value
+    PAYMENTS,
+    PAYMENTS.c.transaction_id,
+    or_(
+        PAYMENTS.c.status == PaymentStatus.PROCESSING.value,
+        PAYMENTS.c.pending_operation.is_not(None),
+    ),
 )
 _CLAIM_UNSETTLED_REFUNDS = _claim_unsettled(
-    REFUNDS, REFUNDS.c.refund_id, RefundStatus.PENDING.value
+    REFUNDS, REFUNDS.c.refund_id, REFUNDS.c.status == RefundStatus.PENDING.value
+)
+
+_expiring = (
+    select(PAYMENTS.c.transaction_id)
+    .where(
+        PAYMENTS.c.status == PaymentStatus.AUTHORIZED.value,
+        PAYMENTS.c.pending_operation.is_(None),
+        PAYMENTS.c.created_at < bindparam("authorized_before", type_=_AT),
+    )
+    .order_by(PAYMENTS.c.created_at)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+    .cte("expiring")
+    .prefix_with("MATERIALIZED")
+)
+_CLAIM_EXPIRING = (
+    update(PAYMENTS)
+    .where(PAYMENTS.c.transaction_id.in_(select(_expiring.c.transaction_id)))
+    .values(
+        pending_operation=OperationKind.EXPIRE.value,
+        # One expiry per payment at most: its id follows from the payment's.
+        pending_operation_id=literal(f"{OPERATION_PREFIXES['expire']}_").concat(
+            func.substr(PAYMENTS.c.transaction_id, 5)
+        ),
+        pending_operation_at=bindparam("now", type_=_AT),
+        updated_at=bindparam("now", type_=_AT),
+        next_reconcile_at=bindparam("until", type_=_AT),
+        reconcile_attempts=0,
+    )
+    .returning(PAYMENTS)
 )
 
 

@@ -10,6 +10,7 @@ from starlette.responses import Response
 from app.api.deps import CorrelationIdDep, IdempotencyKeyHeader, MerchantDep, Runtime, RuntimeDep
 from app.api.exact_json import ExactJsonRoute
 from app.api.schemas import (
+    CaptureRequest,
     PaymentDetailResponse,
     PaymentRequest,
     PaymentResponse,
@@ -18,6 +19,7 @@ from app.api.schemas import (
     RefundResponse,
 )
 from app.core.jsoncodec import dump_json
+from app.services.authorizations import capture_payment, void_payment
 from app.services.idempotency import (
     Answer,
     IdempotencyKey,
@@ -58,7 +60,10 @@ COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 IDEMPOTENT_ERRORS: dict[int | str, dict[str, Any]] = {
-    409: _problem("`idempotency_in_progress`, `payment_not_refundable`, `refund_exceeds_balance`."),
+    409: _problem(
+        "`idempotency_in_progress`, `payment_not_refundable`, `refund_exceeds_balance`, "
+        "`payment_not_capturable`, `payment_not_voidable`."
+    ),
     503: _problem(
         "`bank_unavailable`: the bank certainly did not receive the request; nothing was "
         "charged, the attempt is recorded as failed and its `transaction_id` is in the body. "
@@ -136,8 +141,9 @@ async def process(
     correlation_id: CorrelationIdDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
-    """Authorize and capture a card payment. Declines answer 200 with `status: declined`;
-    an unknown bank answer is a 202 with `status: processing`."""
+    """Authorize a card payment and, unless `capture_method` is `manual`, capture it.
+    Declines answer 200 with `status: declined`; an unknown bank answer is a 202 with
+    `status: processing`."""
     card = body.card_data
     answer = await process_payment(
         runtime.services,
@@ -156,6 +162,7 @@ async def process(
         metadata=body.metadata,
         correlation_id=correlation_id,
         idempotency=await _idempotency(runtime, request, idempotency_key),
+        capture_method=body.capture_method,
     )
     return _respond(answer)
 
@@ -211,6 +218,72 @@ async def refund(
         amount=body.amount_decimal,
         reason=body.reason,
         metadata=body.metadata,
+        correlation_id=correlation_id,
+        idempotency=await _idempotency(runtime, request, idempotency_key),
+    )
+    return _respond(answer)
+
+
+@router.post(
+    "/{transaction_id}/capture",
+    summary="Capture an authorized payment",
+    response_model=PaymentResponse,
+    responses={
+        **_accepted("payment, still `authorized` with its capture pending,", PaymentResponse),
+        **COMMON_ERRORS,
+        **IDEMPOTENT_ERRORS,
+        404: _problem("`payment_not_found`: unknown, or another merchant's."),
+    },
+)
+async def capture(
+    request: Request,
+    runtime: RuntimeDep,
+    merchant: MerchantDep,
+    correlation_id: CorrelationIdDep,
+    body: CaptureRequest | None = None,
+    transaction_id: str = TransactionIdPath,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """Capture an `authorized` payment (`capture_method: manual`): all of it (no
+    `amount`) or part, once; the rest of the authorization is released. Answers the
+    payment `captured`, or still `authorized` when the bank refused the capture."""
+    body = body or CaptureRequest()
+    answer = await capture_payment(
+        runtime.services,
+        merchant=merchant,
+        transaction_id=transaction_id,
+        amount=body.amount_decimal,
+        correlation_id=correlation_id,
+        idempotency=await _idempotency(runtime, request, idempotency_key),
+    )
+    return _respond(answer)
+
+
+@router.post(
+    "/{transaction_id}/void",
+    summary="Void an authorized payment",
+    response_model=PaymentResponse,
+    responses={
+        **_accepted("payment, still `authorized` with its void pending,", PaymentResponse),
+        **COMMON_ERRORS,
+        **IDEMPOTENT_ERRORS,
+        404: _problem("`payment_not_found`: unknown, or another merchant's."),
+    },
+)
+async def void(
+    request: Request,
+    runtime: RuntimeDep,
+    merchant: MerchantDep,
+    correlation_id: CorrelationIdDep,
+    transaction_id: str = TransactionIdPath,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """Release an `authorized` payment without capturing it. Answers the payment
+    `voided`, or still `authorized` when the bank refused the void."""
+    answer = await void_payment(
+        runtime.services,
+        merchant=merchant,
+        transaction_id=transaction_id,
         correlation_id=correlation_id,
         idempotency=await _idempotency(runtime, request, idempotency_key),
     )

@@ -86,6 +86,37 @@ class RefundResult:
     failure_code: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class BankCaptureRequest:
+    """Ask the bank to capture (part of) an authorization; ``capture_id`` is the bank-side
+    idempotency key. The rest of the authorization is released."""
+
+    capture_id: str
+    transaction_id: str
+    authorization_code: str | None
+    amount_minor: int
+    currency: str
+    correlation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BankVoidRequest:
+    """Ask the bank to release an authorization; ``void_id`` is the idempotency key."""
+
+    void_id: str
+    transaction_id: str
+    authorization_code: str | None
+    correlation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OperationResult:
+    """The bank's answer to a capture or a void: done, or refused (and why)."""
+
+    succeeded: bool
+    failure_code: str | None = None
+
+
 class BankGateway(Protocol):
     """The bank as the service layer sees it."""
 
@@ -100,6 +131,26 @@ class BankGateway(Protocol):
 
     async def refund(self, request: BankRefundRequest) -> RefundResult:
         """Refund; raises as :meth:`authorize` does."""
+        ...
+
+    async def capture(self, request: BankCaptureRequest) -> OperationResult:
+        """Capture an authorization; raises as :meth:`authorize` does."""
+        ...
+
+    async def void(self, request: BankVoidRequest) -> OperationResult:
+        """Release an authorization; raises as :meth:`authorize` does."""
+        ...
+
+    async def capture_status(
+        self, capture_id: str, *, correlation_id: str | None = None
+    ) -> OperationResult | None:
+        """What the bank decided for a capture; ``None`` when it has no record."""
+        ...
+
+    async def void_status(
+        self, void_id: str, *, correlation_id: str | None = None
+    ) -> OperationResult | None:
+        """What the bank decided for a void; ``None`` when it has no record."""
         ...
 
     async def authorization_status(

@@ -144,8 +144,19 @@ class PaymentRepository(Protocol):
         whichever process asks."""
         ...
 
-    def defer_reconciliation(self, transaction_id: str, *, at: datetime) -> None:
-        """Stage: ask the bank about this processing payment again at ``at``."""
+    async def claim_expiring(
+        self, *, now: datetime, authorized_before: datetime, lease: timedelta, limit: int
+    ) -> list[Payment]:
+        """At once: record an ``expire`` operation on up to ``limit`` authorizations made
+        before ``authorized_before`` with nothing pending, leased for ``lease`` (none
+        twice, whichever process asks); the payments as they now are."""
+        ...
+
+    def defer_reconciliation(
+        self, transaction_id: str, *, at: datetime, operation_id: str | None = None
+    ) -> None:
+        """Stage: ask the bank about this processing payment (or, with ``operation_id``,
+        this pending operation) again at ``at``."""
         ...
 
 

@@ -108,6 +108,17 @@ def new_claim(
     )
 
 
+async def already_claimed(ctx: ServiceContext, claim: Claim | None) -> bool:
+    """Whether the key of a request the payment's state refused was claimed before: its
+    first request may be what changed that state (a retried full refund, capture or
+    void), so the retry is answered from the key, not refused."""
+    if claim is None:
+        return False
+    async with ctx.uow_factory() as uow:
+        record = await uow.idempotency.get(merchant_id=claim.merchant_id, key=claim.key)
+    return record is not None
+
+
 @dataclass(frozen=True, slots=True)
 class RunAgain:
     """The key's first request left nothing behind but its claim (it died before

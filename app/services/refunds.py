@@ -34,6 +34,7 @@ from app.services.idempotency import (
     Claim,
     IdempotencyKey,
     RunAgain,
+    already_claimed,
     answer_for_taken_key,
     new_claim,
 )
@@ -150,6 +151,8 @@ class _Refunding:
         except ConcurrentUpdate:
             return None
         except PaymentServiceError as refusal:
+            if await already_claimed(ctx, claim):
+                return None
             await record_refusal(
                 ctx,
                 actor=merchant_actor(self.merchant.merchant_id),

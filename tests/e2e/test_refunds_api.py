@@ -352,3 +352,22 @@ async def test_concurrent_refunds_never_exceed_the_captured_amount(
             text("SELECT sum(amount_minor) FROM refunds WHERE transaction_id = :t"), {"t": txn}
         )
     assert refunded == 10_000
+
+
+async def test_a_full_refund_retried_with_its_key_is_replayed_not_refused(
+    client: httpx.AsyncClient, merchant: MerchantCredentials
+) -> None:
+    # The first request emptied the balance: the retry's key, not the balance, decides.
+    txn = (await create_payment(client, merchant, amount="20.00"))["transaction_id"]
+    first = await refund(client, merchant, txn, key="full-refund-1")
+
+    again = await refund(client, merchant, txn, key="full-refund-1")
+    other = await refund(client, merchant, txn, "1.00", key="full-refund-1")
+    fresh = await refund(client, merchant, txn, key="full-refund-2")
+
+    assert first.status_code == 200, first.text
+    assert again.status_code == 200, again.text
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json() == first.json()
+    assert_problem(other, 422, "idempotency_key_reused")
+    assert_problem(fresh, 409, "payment_not_refundable")

@@ -34,6 +34,7 @@ from app.services.idempotency import (
     Claim,
     IdempotencyKey,
     RunAgain,
+    already_claimed,
     answer_for_taken_key,
     new_claim,
 )
@@ -141,6 +142,8 @@ async def _operate(
             except ConcurrentUpdate:
                 return None
             except PaymentServiceError as refusal:
+                if await already_claimed(ctx, claim):
+                    return None
                 await record_refusal(
                     ctx,
                     actor=merchant_actor(merchant.merchant_id),

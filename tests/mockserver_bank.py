@@ -6,7 +6,8 @@ test runs, and by developers), so everything registered here has a unique id and
 priority, and is removed by id (:func:`clear_expectation`); nothing here ever resets it.
 
 The status lookups (``GET /v1/authorizations/{transaction_id}``,
-``GET /v1/refunds/{refund_id}``) answer 404 ``{"error": "no_such_record"}`` for ids nobody
+``GET /v1/refunds/{refund_id}``, ``GET /v1/captures/{capture_id}``,
+``GET /v1/voids/{void_id}``) answer 404 ``{"error": "no_such_record"}`` for ids nobody
 registered: the committed expectations have a low-priority default for that. (MockServer's
 own 404 for a request nothing matches has an empty body, which the gateway does *not* take
 as "no record".)
@@ -151,6 +152,27 @@ async def register_refund_status(
             body["reference"] = reference
     return await register_lookup(
         client, f"/v1/refunds/{refund_id}", json_response(200, body), reference=refund_id
+    )
+
+
+async def register_operation_status(
+    client: httpx.AsyncClient,
+    kind: str,
+    operation_id: str,
+    *,
+    succeeded: bool,
+    failure_code: str | None = None,
+) -> str:
+    """Make ``GET /v1/captures/{id}`` (``kind`` "capture") or ``GET /v1/voids/{id}``
+    (``kind`` "void") say succeeded or failed (default code ``operation_failed``).
+    Returns the expectation id."""
+    body: dict[str, Any] = (
+        {"status": "succeeded"}
+        if succeeded
+        else {"status": "failed", "failure_code": failure_code or "operation_failed"}
+    )
+    return await register_lookup(
+        client, f"/v1/{kind}s/{operation_id}", json_response(200, body), reference=operation_id
     )
 
 

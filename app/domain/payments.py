@@ -536,6 +536,8 @@ class Payment:
             "status": self.status.value,
             "payment_method": self.payment_method.value,
             "card_brand": self.card.brand.value,
+            "capture_method": self.capture_method.value,
+            "captured_amount": self.captured.format(),
         }
         if self.decline_code:
             data["decline_code"] = self.decline_code

@@ -204,6 +204,8 @@ async def test_a_payment_and_a_partial_refund_publish_captured_then_refund_succe
         "status": "captured",
         "payment_method": "credit_card",
         "card_brand": "mastercard",
+        "capture_method": "automatic",
+        "captured_amount": "99.99",
     }
     assert refunded.headers["event_type"] == "refund.succeeded"
     assert refunded.headers["correlation_id"] == "corr-e2e-refund"

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.core.config import Settings
 from app.services import merchants
 from app.services.context import ServiceContext
+from app.services.reconciliation import ReconcileReport, expire_authorizations
 from tests.conftest import MerchantCredentials, payment_body
 
 
@@ -213,3 +214,69 @@ async def test_disabled_merchant_is_refused_by_every_worker(
             break
         await asyncio.sleep(0.05)
     assert codes == {"merchant_inactive"}
+
+
+async def test_capture_void_and_expiry_racing_across_workers_have_one_winner_each(
+    http: httpx.AsyncClient,
+    merchant: MerchantCredentials,
+    engine: AsyncEngine,
+    ctx: ServiceContext,
+) -> None:
+    await _warm_auth_caches(http, merchant.headers)
+    authorized = await asyncio.gather(
+        *(
+            http.post(
+                "/api/v1/payments/process",
+                json=payment_body(merchant.merchant_id, capture_method="manual"),
+                headers=merchant.headers,
+            )
+            for _ in range(10)
+        )
+    )
+    ids = [r.json()["transaction_id"] for r in authorized]
+    assert {r.json()["status"] for r in authorized} == {"authorized"}
+    async with engine.begin() as conn:  # old enough to expire: a third contender
+        await conn.execute(
+            text(
+                "UPDATE transactions SET created_at = now() - interval '8 days'"
+                " WHERE transaction_id = ANY(:ids)"
+            ),
+            {"ids": ids},
+        )
+
+    async def expiry_rounds() -> None:  # as a third process's reconciler would
+        for _ in range(5):
+            await expire_authorizations(ctx, ReconcileReport())
+
+    calls = [
+        http.post(f"/api/v1/payments/{txn}/{action}", headers=merchant.headers)
+        for txn in ids
+        for action in ("capture", "void", "capture", "void")
+    ]
+    results = await asyncio.gather(expiry_rounds(), *calls)
+
+    responses = [r for r in results if isinstance(r, httpx.Response)]
+    assert {r.status_code for r in responses} <= {200, 409}, [r.text for r in responses]
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT t.transaction_id, t.status, t.pending_operation,"
+                    " array_agg(o.event_type ORDER BY o.id) AS events"
+                    " FROM transactions t JOIN outbox_events o ON o.aggregate_id = t.transaction_id"
+                    " WHERE t.transaction_id = ANY(:ids) GROUP BY t.transaction_id"
+                ),
+                {"ids": ids},
+            )
+        ).all()
+    assert len(rows) == len(ids)
+    for row in rows:
+        assert row.pending_operation is None
+        assert row.status in {"captured", "voided", "expired"}
+        assert row.events == ["payment.authorized", f"payment.{row.status}"]
+        won = [
+            r
+            for r in responses
+            if row.transaction_id in r.request.url.path and r.status_code == 200
+        ]
+        assert len(won) == (0 if row.status == "expired" else 1)

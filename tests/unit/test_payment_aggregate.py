@@ -370,6 +370,8 @@ def test_a_payment_event_names_its_outcome_and_carries_no_card_data() -> None:
             "status": "declined",
             "payment_method": "credit_card",
             "card_brand": "visa",
+            "capture_method": "automatic",
+            "captured_amount": "0.00",
             "decline_code": "insufficient_funds",
         },
     }

@@ -351,6 +351,51 @@ printf '{"amount": 0}' >"$REQUEST"
 req POST "$API/$PAYMENT/refund" "$REQUEST"
 expect_problem "a zero refund amount is 422 on amount" 422 validation_error '[.errors[].field] | index("amount") != null'
 
+# ------------------------------------------------------------------ capture and void
+
+section "Capture and void"
+payment_body 4242424242424242 '"100.00"' USD | jq '.capture_method = "manual"' >"$REQUEST.manual"
+req POST "$API/process" "$REQUEST.manual"
+expect "capture_method manual: the approval is authorized, nothing captured or refundable" 200 \
+    '.status == "authorized" and .capture_method == "manual" and .captured_amount == "0.00" and .refundable_amount == "0.00"'
+AUTHORIZED=$(field .transaction_id)
+printf '{"amount": 1}' >"$REQUEST"
+req POST "$API/$AUTHORIZED/refund" "$REQUEST"
+expect_problem "an authorization is not refundable" 409 payment_not_refundable
+printf '{"amount": "100.01"}' >"$REQUEST"
+req POST "$API/$AUTHORIZED/capture" "$REQUEST"
+expect_problem "capturing more than was authorized is 422 on amount" 422 validation_error '[.errors[].field] | index("amount") != null'
+printf '{"amount": "80.00"}' >"$REQUEST"
+req -H "Idempotency-Key: capture-$RUN_ID" POST "$API/$AUTHORIZED/capture" "$REQUEST"
+expect "a partial capture of 80.00 captures it and releases the rest" 200 \
+    '.status == "captured" and .amount == "100.00" and .captured_amount == "80.00" and .refundable_amount == "80.00"'
+req -H "Idempotency-Key: capture-$RUN_ID" POST "$API/$AUTHORIZED/capture" "$REQUEST"
+expect "the capture retried with its key is replayed" 200 '.status == "captured" and .captured_amount == "80.00"'
+WHY="Idempotent-Replayed was '$(header Idempotent-Replayed)'"
+check "the replay says Idempotent-Replayed: true" test "$(header Idempotent-Replayed)" = true
+printf '{}' >"$REQUEST"
+req POST "$API/$AUTHORIZED/capture" "$REQUEST"
+expect_problem "a second capture is payment_not_capturable" 409 payment_not_capturable
+req POST "$API/$AUTHORIZED/void"
+expect_problem "voiding a captured payment is payment_not_voidable" 409 payment_not_voidable
+printf '{"amount": "80.01"}' >"$REQUEST"
+req POST "$API/$AUTHORIZED/refund" "$REQUEST"
+expect_problem "refunds take only from the 80.00 captured" 409 refund_exceeds_balance
+
+req POST "$API/process" "$REQUEST.manual"
+VOIDED=$(field .transaction_id)
+req POST "$API/$VOIDED/void"
+expect "a void releases the authorization" 200 '.status == "voided" and .captured_amount == "0.00" and .refundable_amount == "0.00"'
+printf '{}' >"$REQUEST"
+req POST "$API/$VOIDED/capture" "$REQUEST"
+expect_problem "a voided payment is payment_not_capturable" 409 payment_not_capturable
+req GET "$API/$VOIDED"
+expect "the payment reads voided" 200 '.status == "voided" and .capture_method == "manual"'
+req POST "$API/$PAYMENT/capture" "$REQUEST"
+expect_problem "an automatically captured payment is payment_not_capturable" 409 payment_not_capturable
+req POST "$API/txn_doesnotexist${RUN_ID}/void"
+expect_problem "voiding an unknown transaction is 404" 404 payment_not_found
+
 # -------------------------------------------------------------------- authentication
 
 section "Authentication and merchants"

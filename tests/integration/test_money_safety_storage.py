@@ -251,3 +251,22 @@ async def test_the_unsettled_backlog_counts_processing_payments_and_pending_refu
 
     assert (backlog.payments, backlog.refunds) == (2, 1)
     assert 590 < backlog.oldest_age_s < 700
+
+    # An authorization whose capture waits for the bank counts too, from its request.
+    authorized = PaymentFactory(status=PaymentStatus.AUTHORIZED, created_at=old - timedelta(days=1))
+    async with uow_factory() as uow:
+        uow.payments.add(authorized)
+        await uow.commit()
+    assert (await queries.unsettled_backlog()).payments == 2
+    requested = datetime.now(UTC) - timedelta(minutes=20)
+    async with uow_factory() as uow:
+        payment = await uow.payments.get_for_update(authorized.transaction_id, merchant_id=None)
+        assert payment is not None
+        payment.request_capture(operation_id="cap_backlog", amount=None, at=requested)
+        uow.payments.update(payment, reconcile_at=requested)
+        await uow.commit()
+
+    with_capture = await queries.unsettled_backlog()
+
+    assert (with_capture.payments, with_capture.refunds) == (3, 1)
+    assert 1190 < with_capture.oldest_age_s < 1300

@@ -21,13 +21,16 @@ from app.adapters.db.repositories import (
     payment_with_refunds,
 )
 from app.domain.merchants import Merchant
-from app.domain.payments import Payment, PaymentStatus, RefundStatus
+from app.domain.payments import Payment, RefundStatus
 from app.services.ports import UnsettledBacklog
 
 _PAYMENT = payment_with_refunds()
-_processing = select(func.count(), func.min(PAYMENTS.c.created_at)).where(
-    PAYMENTS.c.status == PaymentStatus.PROCESSING.value
-)
+# Payments waiting for the bank: processing, or with a capture, void or expiry pending --
+# exactly the rows with a reconciliation due (the partial index ix_transactions_reconcile_due).
+_processing = select(
+    func.count(),
+    func.min(func.coalesce(PAYMENTS.c.pending_operation_at, PAYMENTS.c.created_at)),
+).where(PAYMENTS.c.next_reconcile_at.is_not(None))
 _pending = select(func.count(), func.min(REFUNDS.c.created_at)).where(
     REFUNDS.c.status == RefundStatus.PENDING.value
 )
@@ -44,7 +47,7 @@ _UNSETTLED = select(
         0,
     ).label("oldest_age_s"),
 ).select_from(_processing_sq.join(_pending_sq, literal(True)))
-"""Both partial indexes (status = 'processing' / 'pending') serve these two counts."""
+"""Two partial indexes (reconciliation due / status = 'pending') serve these two counts."""
 _MERCHANT_FOR_KEY = (
     select(MERCHANTS)
     .join(API_KEYS, API_KEYS.c.merchant_id == MERCHANTS.c.merchant_id)
@@ -71,7 +74,8 @@ class SqlPaymentQueries:
         return merchant_from_row(rows[0]) if rows else None
 
     async def unsettled_backlog(self) -> UnsettledBacklog:
-        """How many payments and refunds wait for the bank's answer, and the oldest's age."""
+        """How many payments (processing, or a capture, void or expiry pending) and refunds
+        wait for the bank's answer, and the oldest's age."""
         (row,) = await self._fetch(_UNSETTLED, {})
         return UnsettledBacklog(
             payments=int(row["payments"]),

@@ -269,6 +269,28 @@ async def test_malformed_json_is_a_400(
     assert_problem(refund, 400, "malformed_json")
 
 
+@pytest.mark.parametrize(
+    "content", [b'{"amount": ', b"not json", b"\xff\xfe"], ids=["truncated", "text", "not-utf8"]
+)
+async def test_malformed_json_sent_to_void_with_an_idempotency_key_is_a_400(
+    client: httpx.AsyncClient, merchant: MerchantCredentials, content: bytes
+) -> None:
+    """Void takes no body, but its Idempotency-Key covers whatever body is sent: one that is
+    not JSON is refused like on every other POST, and nothing is voided."""
+    authorized = await pay(client, merchant, capture_method="manual")
+    transaction_id = authorized.json()["transaction_id"]
+
+    response = await client.post(
+        f"{payment_url(transaction_id)}/void",
+        content=content,
+        headers={**merchant.headers, "Content-Type": "application/json", "Idempotency-Key": "v1"},
+    )
+
+    assert_problem(response, 400, "malformed_json")
+    payment = await client.get(payment_url(transaction_id), headers=merchant.headers)
+    assert payment.json()["status"] == "authorized"
+
+
 async def test_a_body_over_64_kib_is_refused(
     client: httpx.AsyncClient, merchant: MerchantCredentials, engine: AsyncEngine
 ) -> None:

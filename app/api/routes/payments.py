@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import APIRouter, Path, Request
+from fastapi.exceptions import RequestValidationError
 from starlette.responses import Response
 
 from app.api.deps import CorrelationIdDep, IdempotencyKeyHeader, MerchantDep, Runtime, RuntimeDep
@@ -101,12 +103,26 @@ def _respond(answer: Answer) -> Response:
     return _json(answer.status, answer.body, headers)
 
 
+async def _json_body(request: Request) -> Any:
+    """The body as JSON (``None`` when empty). A route with a body model has parsed it
+    already; one without (void) parses it here, and answers malformed JSON the same way:
+    400 ``malformed_json``, not a 500."""
+    if not await request.body():
+        return None
+    try:
+        return await request.json()
+    except json.JSONDecodeError as exc:
+        raise RequestValidationError(
+            [{"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error"}]
+        ) from None
+
+
 async def _idempotency(
     runtime: Runtime, request: Request, key: str | None
 ) -> IdempotencyKey | None:
     if key is None:
         return None
-    body = await request.json() if await request.body() else None
+    body = await _json_body(request)
     secret, method, path = runtime.fingerprint_secret, request.method, request.url.path
     return IdempotencyKey(
         key=key,

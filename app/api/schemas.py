@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -148,6 +149,21 @@ def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+def _whole_number(value: object) -> object:
+    """``12.0`` as the integer 12: JSON has one kind of number, and the schema's
+    ``integer`` is any number without a fractional part (JSON Schema). Only a number of a
+    sane size is converted: ``1E+999999999`` is refused, not expanded."""
+    if isinstance(value, Decimal) and value.is_finite() and value.adjusted() < 20:
+        integral = value.to_integral_value()
+        if integral == value:
+            return int(integral)
+    return value
+
+
+JsonInteger = BeforeValidator(_whole_number)
+"""For integer fields of a body parsed with Decimals (:mod:`app.api.exact_json`)."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
@@ -156,8 +172,8 @@ class CardRequest(_Strict):
     """Card details; the number and CVV are never stored in clear, logged or returned."""
 
     card_number: Annotated[str, Field(description="12-19 digits; spaces and dashes ignored.")]
-    expiry_month: Annotated[int, Field(ge=1, le=12, strict=True)]
-    expiry_year: Annotated[int, Field(ge=2000, le=2100, strict=True)]
+    expiry_month: Annotated[int, Field(ge=1, le=12, strict=True), JsonInteger]
+    expiry_year: Annotated[int, Field(ge=2000, le=2100, strict=True), JsonInteger]
     cvv: Annotated[str, StringConstraints(pattern=r"^[0-9]{3,4}$")]
     cardholder_name: Annotated[str, StringConstraints(min_length=1, max_length=100), NoNul]
 

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -496,6 +497,9 @@ async def test_card_number_must_be_12_to_19_digits(
         ({"expiry_month": 0}, "card_data.expiry_month"),
         ({"expiry_month": 13}, "card_data.expiry_month"),
         ({"expiry_month": "12"}, "card_data.expiry_month"),
+        ({"expiry_month": Decimal("11.5")}, "card_data.expiry_month"),
+        ({"expiry_month": True}, "card_data.expiry_month"),
+        ({"expiry_year": Decimal("1E+999999999")}, "card_data.expiry_year"),
         ({"cardholder_name": ""}, "card_data.cardholder_name"),
         ({"cardholder_name": "J" * 101}, "card_data.cardholder_name"),
     ],
@@ -524,6 +528,20 @@ async def test_card_fields_at_their_limits_are_accepted(
     response = await pay_with_card(client, merchant, **changes)
 
     assert response.status_code == 200, response.text
+
+
+async def test_an_expiry_written_with_a_zero_fraction_is_that_whole_number(
+    client: httpx.AsyncClient, merchant: MerchantCredentials
+) -> None:
+    """JSON has one kind of number: 12.0 is the integer 12, as the schema's `integer` says."""
+    response = await pay_with_card(
+        client, merchant, expiry_month=Decimal("12.0"), expiry_year=Decimal("2030.00")
+    )
+
+    assert response.status_code == 200, response.text
+    card = response.json()["card"]
+    assert (card["exp_month"], card["exp_year"]) == (12, 2030)
+    assert isinstance(card["exp_month"], int)
 
 
 async def test_every_bad_field_is_listed_in_one_422(

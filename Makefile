@@ -83,6 +83,10 @@ DEMO_KEY_FILE ?= .stack/docker/demo-api-key
 test-api: install ## API tests (scripts/test_api.sh) against a local server on the local stack, no Docker
 	@bash scripts/test_api_local.sh
 
+.PHONY: fuzz
+fuzz: install ## schemathesis, every phase incl. stateful, against a local server (scripts/fuzz_api.sh); fails on any failure or warning
+	@bash scripts/fuzz_api.sh $(FUZZ_ARGS)
+
 .PHONY: test-api-docker
 test-api-docker: ## API tests against `make docker-up` (BASE_URL, API_KEY, MERCHANT_ID; demo merchant by default)
 	@key="$${API_KEY:-$$(cat $(DEMO_KEY_FILE) 2>/dev/null)}"; \

@@ -32,6 +32,7 @@ from app.api.middleware import (
     UnexpectedErrorMiddleware,
     correlation_middleware_options,
 )
+from app.api.openapi import SERVERS, install_openapi, operation_id
 from app.api.problems import UnexpectedErrors, install_problem_handlers
 from app.api.routes import health, payments
 from app.core.config import Settings, get_settings
@@ -245,8 +246,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Payment Service",
         version=settings.version,
         description=API_DESCRIPTION,
+        servers=SERVERS,
+        generate_unique_id_function=operation_id,
         lifespan=lifespan,
     )
+    install_openapi(app)
     unexpected = UnexpectedErrors(
         database_unavailable, retry_after_s=settings.db_unavailable_retry_after_s
     )

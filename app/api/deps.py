@@ -100,13 +100,17 @@ async def current_merchant(
 
 MerchantDep = Annotated[Merchant, Depends(current_merchant)]
 
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$"
+
 IdempotencyKeyHeader = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
         min_length=1,
         max_length=255,
-        pattern=r"^[\x20-\x7e]+$",
+        # Printable ASCII; the HTTP server strips spaces around a header value, so a key
+        # neither starts nor ends with one.
+        pattern=IDEMPOTENCY_KEY_PATTERN,
         description="Retry-safe key (1-255 printable ASCII), scoped to the merchant, kept 24 h.",
     ),
 ]

@@ -9,7 +9,7 @@ import uuid
 from asgi_correlation_id import CorrelationIdMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.problems import UnexpectedErrors, problem_body, problem_response
+from app.api.problems import UnexpectedErrors, payload_too_large_body, problem_response
 
 logger = logging.getLogger(__name__)
 
@@ -77,12 +77,7 @@ class BodySizeLimitMiddleware:
         await self.app(scope, replay, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = problem_body(
-            code="payload_too_large",
-            title="Payload too large",
-            detail=f"The request body exceeds {self.max_bytes // 1024} KiB.",
-        )
-        await problem_response(413, body)(scope, receive, send)
+        await problem_response(413, payload_too_large_body(self.max_bytes))(scope, receive, send)
 
 
 class UnexpectedErrorMiddleware:

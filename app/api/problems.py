@@ -53,6 +53,10 @@ _TITLES = {
     "validation_error": "Validation failed",
 }
 
+MALFORMED_JSON_DETAIL = "The request body is not valid JSON."
+VALIDATION_DETAIL = "The request is not valid; see errors."
+INTERNAL_ERROR_DETAIL = "An unexpected error occurred; it has been logged with the correlation id."
+
 
 def problem_body(
     *,
@@ -145,29 +149,50 @@ async def _on_request_validation(request: Request, exc: Exception) -> Response:
         body = problem_body(
             code="malformed_json",
             title=_TITLES["malformed_json"],
-            detail="The request body is not valid JSON.",
+            detail=MALFORMED_JSON_DETAIL,
         )
         return problem_response(400, body)
     body = problem_body(
         code="validation_error",
         title=_TITLES["validation_error"],
-        detail="The request is not valid; see errors.",
+        detail=VALIDATION_DETAIL,
         errors=_validation_errors(exc),
     )
     return problem_response(422, body)
 
 
+_CODE_BY_HTTP_STATUS = {
+    400: "malformed_json",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
+
+
+def http_error_body(status: int, detail: object) -> dict[str, Any]:
+    """The problem for an error the framework raises itself (no such route, wrong method)."""
+    code = _CODE_BY_HTTP_STATUS.get(
+        status, "validation_error" if 400 <= status < 500 else "internal_error"
+    )
+    body = problem_body(
+        code=code, title=_TITLES[code], detail=detail if isinstance(detail, str) else _TITLES[code]
+    )
+    body["status"] = status
+    return body
+
+
+def payload_too_large_body(max_bytes: int) -> dict[str, Any]:
+    """The problem for a request body over ``max_bytes``."""
+    return problem_body(
+        code="payload_too_large",
+        title=_TITLES["payload_too_large"],
+        detail=f"The request body exceeds {max_bytes // 1024} KiB.",
+    )
+
+
 async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    code = {
-        400: "malformed_json",
-        404: "not_found",
-        405: "method_not_allowed",
-        413: "payload_too_large",
-    }.get(exc.status_code, "validation_error" if 400 <= exc.status_code < 500 else "internal_error")
-    detail = exc.detail if isinstance(exc.detail, str) else _TITLES[code]
-    body = problem_body(code=code, title=_TITLES[code], detail=detail)
-    body["status"] = exc.status_code
+    body = http_error_body(exc.status_code, exc.detail)
     return problem_response(exc.status_code, body, dict(exc.headers or {}))
 
 
@@ -205,7 +230,7 @@ class UnexpectedErrors:
         body = problem_body(
             code="internal_error",
             title=_TITLES["internal_error"],
-            detail="An unexpected error occurred; it has been logged with the correlation id.",
+            detail=INTERNAL_ERROR_DETAIL,
         )
         return problem_response(500, body)
 

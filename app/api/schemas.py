@@ -14,17 +14,21 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    JsonValue,
     PrivateAttr,
     StringConstraints,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
+from app.api.problems import STATUS_BY_CODE
 from app.core.jsoncodec import dump_json
-from app.domain.cards import CardBrand, validate_card_number
+from app.domain.cards import MAX_CARD_DIGITS, MIN_CARD_DIGITS, CardBrand, validate_card_number
 from app.domain.errors import InvalidAmount, PaymentServiceError
-from app.domain.money import MAX_MAJOR_UNITS, Money, normalize_currency
+from app.domain.ids import REFUND_ID_SHAPE, TRANSACTION_ID_SHAPE
+from app.domain.money import CURRENCY_EXPONENTS, MAX_MAJOR_UNITS, Money, normalize_currency
 from app.domain.payments import (
     DESCRIPTION_MAX_LENGTH,
     REFUND_REASON_MAX_LENGTH,
@@ -37,14 +41,75 @@ from app.domain.payments import (
 METADATA_MAX_KEYS = 50
 METADATA_MAX_BYTES = 16 * 1024
 
+EXAMPLE_TRANSACTION_ID = "txn_0f1e2d3c4b5a69788796a5b4c3d2e1f0"
+EXAMPLE_REFUND_ID = "re_9a8b7c6d5e4f30211203f4e5d6c7b8a9"
+EXAMPLE_CORRELATION_ID = "5f0c6b7e-1c1d-4a8e-9d8c-2a4f0e7c9b11"
+
+# What OpenAPI can say of the rules the validators below enforce. Two rules are left to
+# the descriptions because JSON Schema cannot state them: the Luhn check of a card number,
+# and an amount's decimals, which depend on the currency (USD 2, JPY 0, KWD 3).
+AMOUNT_PATTERN = r"^(?:[1-9][0-9]{0,5}(?:\.[0-9]{1,4}0*)?|1000000(?:\.0+)?|0\.[0-9]{0,3}[1-9]0*)$"
+"""A decimal string greater than 0 and at most 1,000,000, with at most 4 significant
+decimals (the most any currency has) and any number of trailing zeros."""
+CARD_NUMBER_PATTERN = rf"^[ -]*(?:[0-9][ -]*){{{MIN_CARD_DIGITS},{MAX_CARD_DIGITS}}}$"
+"""12-19 digits, with any spaces and dashes among them."""
+
 Amount = Annotated[
     Decimal | str,
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0, "maximum": int(MAX_MAJOR_UNITS)},
+                {"type": "string", "pattern": AMOUNT_PATTERN},
+            ],
+            "description": (
+                "Amount in major units, greater than 0 and at most 1,000,000: a JSON number "
+                "or a decimal string, parsed exactly (never as a binary float), with no more "
+                "decimals than the currency has (USD 2: `99.99`, JPY 0: `1000`, KWD 3: "
+                "`1.500`); trailing zeros are fine."
+            ),
+            "examples": ["99.99", 99.99],
+        }
+    ),
+]
+
+Currency = Annotated[
+    str,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "enum": sorted(CURRENCY_EXPONENTS),
+            "description": (
+                "An active ISO 4217 alpha-3 code, which the merchant accepts "
+                "(`currency_not_supported` otherwise). Listed in upper case, accepted in "
+                "any case; answered in upper case."
+            ),
+            "examples": ["USD"],
+        }
+    ),
+]
+
+Timestamp = Annotated[
+    str,
     Field(
-        description="Amount in major units: a JSON number or a decimal string, "
-        "with no more decimals than the currency allows.",
+        description="UTC, RFC 3339 with milliseconds.",
+        examples=["2026-11-28T10:15:30.123Z"],
+        json_schema_extra={"format": "date-time"},
+    ),
+]
+MoneyAmount = Annotated[
+    str,
+    Field(
+        description="A decimal string with exactly the currency's decimals.",
+        pattern=r"^[0-9]+(?:\.[0-9]+)?$",
         examples=["99.99"],
     ),
 ]
+TransactionId = Annotated[
+    str, Field(pattern=TRANSACTION_ID_SHAPE.pattern, examples=[EXAMPLE_TRANSACTION_ID])
+]
+RefundId = Annotated[str, Field(pattern=REFUND_ID_SHAPE.pattern, examples=[EXAMPLE_REFUND_ID])]
+ResponseCurrency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", examples=["USD"])]
 
 
 def _check_amount_without_currency(value: Decimal | str) -> None:
@@ -149,6 +214,37 @@ def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+Metadata = Annotated[
+    dict[str, Any],
+    Field(
+        description=(
+            f"A JSON object of at most {METADATA_MAX_KEYS} keys and 16 KiB, stored and "
+            f"returned unchanged: objects and arrays nested at most {METADATA_MAX_DEPTH} "
+            "deep, no NUL character in any string, numbers PostgreSQL can store."
+        ),
+        json_schema_extra={"maxProperties": METADATA_MAX_KEYS},
+        examples=[{"order_id": "1234", "items": [1, 2]}],
+    ),
+]
+
+
+PAYMENT_REQUEST_EXAMPLE: dict[str, JsonValue] = {
+    "merchant_id": "merchant_test_123",
+    "amount": 99.99,
+    "currency": "USD",
+    "payment_method": "credit_card",
+    "card_data": {
+        "card_number": "4242 4242 4242 4242",
+        "expiry_month": 12,
+        "expiry_year": 2030,
+        "cvv": "123",
+        "cardholder_name": "Jane Doe",
+    },
+    "description": "Order 1234",
+    "metadata": {"order_id": "1234", "items": [1, 2]},
+}
+
+
 def _whole_number(value: object) -> object:
     """``12.0`` as the integer 12: JSON has one kind of number, and the schema's
     ``integer`` is any number without a fractional part (JSON Schema). Only a number of a
@@ -171,7 +267,19 @@ class _Strict(BaseModel):
 class CardRequest(_Strict):
     """Card details; the number and CVV are never stored in clear, logged or returned."""
 
-    card_number: Annotated[str, Field(description="12-19 digits; spaces and dashes ignored.")]
+    card_number: Annotated[
+        str,
+        Field(
+            description=(
+                "12-19 digits, spaces and dashes ignored, passing the Luhn check (which "
+                "JSON Schema cannot express). Never stored in clear, logged or returned. "
+                "The test cards are listed in docs/api.md."
+            ),
+            examples=["4242 4242 4242 4242", "5555555555554444", "3782-822463-10005"],
+            # Documented, not enforced here: the validator below answers its own messages.
+            json_schema_extra={"pattern": CARD_NUMBER_PATTERN},
+        ),
+    ]
     expiry_month: Annotated[int, Field(ge=1, le=12, strict=True), JsonInteger]
     expiry_year: Annotated[int, Field(ge=2000, le=2100, strict=True), JsonInteger]
     cvv: Annotated[str, StringConstraints(pattern=r"^[0-9]{3,4}$")]
@@ -190,38 +298,24 @@ class PaymentRequest(_Strict):
     """POST /api/v1/payments/process."""
 
     model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "merchant_id": "merchant_test_123",
-                    "amount": 99.99,
-                    "currency": "USD",
-                    "payment_method": "credit_card",
-                    "card_data": {
-                        "card_number": "4242 4242 4242 4242",
-                        "expiry_month": 12,
-                        "expiry_year": 2030,
-                        "cvv": "123",
-                        "cardholder_name": "Jane Doe",
-                    },
-                    "description": "Order 1234",
-                    "metadata": {"order_id": "1234", "items": [1, 2]},
-                }
-            ]
-        },
+        extra="forbid", json_schema_extra={"examples": [PAYMENT_REQUEST_EXAMPLE]}
     )
 
-    merchant_id: Annotated[str, StringConstraints(min_length=1, max_length=64), NoNul]
+    merchant_id: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=64),
+        NoNul,
+        Field(description="The API key's merchant.", examples=["merchant_test_123"]),
+    ]
     # currency is validated first so the amount's decimals can be checked against it.
-    currency: Annotated[str, Field(description="ISO 4217 alpha-3, any case.", examples=["USD"])]
+    currency: Currency
     amount: Amount
     payment_method: PaymentMethod
     card_data: CardRequest
     description: Annotated[
         str | None, StringConstraints(max_length=DESCRIPTION_MAX_LENGTH), NoNul
     ] = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
     capture_method: Annotated[
         CaptureMethod,
         Field(
@@ -326,7 +420,7 @@ class RefundRequest(_OptionalAmount):
     reason: Annotated[str | None, StringConstraints(max_length=REFUND_REASON_MAX_LENGTH), NoNul] = (
         None
     )
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
 
     @field_validator("metadata")
     @classmethod
@@ -345,25 +439,25 @@ class CardResponse(BaseModel):
     """What is kept of a card in clear."""
 
     brand: CardBrand
-    last4: str
-    exp_month: int
+    last4: Annotated[str, Field(pattern=r"^[0-9]{4}$")]
+    exp_month: Annotated[int, Field(ge=1, le=12)]
     exp_year: int
 
 
 class RefundSummary(BaseModel):
     """A refund as listed under its payment."""
 
-    refund_id: str
-    amount: str
-    currency: str
+    refund_id: RefundId
+    amount: MoneyAmount
+    currency: ResponseCurrency
     status: RefundStatus
     reason: str | None
     metadata: dict[str, Any]
-    created_at: str
+    created_at: Timestamp
 
 
 PAYMENT_EXAMPLE: dict[str, Any] = {
-    "transaction_id": "txn_0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+    "transaction_id": EXAMPLE_TRANSACTION_ID,
     "merchant_id": "merchant_test_123",
     "status": "captured",
     "amount": "99.99",
@@ -391,26 +485,26 @@ class PaymentResponse(BaseModel):
 
     model_config = ConfigDict(json_schema_extra={"examples": [PAYMENT_EXAMPLE]})
 
-    transaction_id: str
+    transaction_id: TransactionId
     merchant_id: str
     status: PaymentStatus
-    amount: str
-    currency: str
+    amount: MoneyAmount
+    currency: ResponseCurrency
     payment_method: PaymentMethod
     capture_method: CaptureMethod
-    captured_amount: str
+    captured_amount: MoneyAmount
     card: CardResponse
-    card_last_four: str
+    card_last_four: Annotated[str, Field(pattern=r"^[0-9]{4}$")]
     authorization_code: str | None
     decline_code: str | None
     decline_message: str | None
     failure_code: str | None
-    refunded_amount: str
-    refundable_amount: str
+    refunded_amount: MoneyAmount
+    refundable_amount: MoneyAmount
     description: str | None
     metadata: dict[str, Any]
-    created_at: str
-    updated_at: str
+    created_at: Timestamp
+    updated_at: Timestamp
 
 
 class PaymentDetailResponse(PaymentResponse):
@@ -428,8 +522,8 @@ class RefundResponse(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "refund_id": "re_9a8b7c6d5e4f30211203f4e5d6c7b8a9",
-                    "transaction_id": "txn_0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+                    "refund_id": EXAMPLE_REFUND_ID,
+                    "transaction_id": EXAMPLE_TRANSACTION_ID,
                     "amount": "50.00",
                     "currency": "USD",
                     "status": "succeeded",
@@ -444,17 +538,17 @@ class RefundResponse(BaseModel):
         }
     )
 
-    refund_id: str
-    transaction_id: str
-    amount: str
-    currency: str
+    refund_id: RefundId
+    transaction_id: TransactionId
+    amount: MoneyAmount
+    currency: ResponseCurrency
     status: RefundStatus
     reason: str | None
     metadata: dict[str, Any]
     payment_status: PaymentStatus
-    refunded_amount: str
-    refundable_amount: str
-    created_at: str
+    refunded_amount: MoneyAmount
+    refundable_amount: MoneyAmount
+    created_at: Timestamp
 
 
 class FieldError(BaseModel):
@@ -477,25 +571,49 @@ class Problem(BaseModel):
                     "status": 409,
                     "detail": "Refund of 80.00 USD exceeds the refundable 49.99 USD.",
                     "code": "refund_exceeds_balance",
-                    "correlation_id": "5f0c6b7e-1c1d-4a8e-9d8c-2a4f0e7c9b11",
-                    "errors": [{"field": "amount", "message": "..."}],
+                    "correlation_id": EXAMPLE_CORRELATION_ID,
+                    "errors": [
+                        {
+                            "field": "amount",
+                            "message": "Refund of 80.00 USD exceeds the refundable 49.99 USD.",
+                        }
+                    ],
+                    "refundable_amount": "49.99",
+                    "currency": "USD",
                 }
             ]
         },
     )
 
     type: str = "about:blank"
-    title: str
-    status: int
-    detail: str
-    code: str
-    correlation_id: str | None = None
-    errors: list[FieldError] | None = None
+    title: str = Field(description="A short summary of the code, for people; may change.")
+    status: Annotated[int, Field(ge=400, le=599, description="The HTTP status, repeated.")]
+    detail: str = Field(description="What happened this time, for people; may change.")
+    code: str = Field(
+        description="What to branch on: a stable snake_case identifier (docs/api.md, Errors).",
+        json_schema_extra={"enum": list[JsonValue](sorted(STATUS_BY_CODE))},
+    )
+    correlation_id: str | None = Field(
+        default=None, description="The request's `X-Correlation-ID`; quote it to support."
+    )
+    errors: list[FieldError] | None = Field(
+        default=None, description="With `validation_error` (and a few others): each bad field."
+    )
     transaction_id: str | None = Field(
         default=None, description="With `bank_unavailable`: the payment recorded as failed."
     )
+    refund_id: str | None = Field(
+        default=None,
+        description="With a refund's `bank_unavailable`: the refund recorded as failed.",
+    )
     retry_after_s: int | None = Field(
         default=None, description="With `bank_unavailable`: the same value as `Retry-After`."
+    )
+    refundable_amount: str | None = Field(
+        default=None, description="With `refund_exceeds_balance`: what remains refundable."
+    )
+    currency: str | None = Field(
+        default=None, description="With `refund_exceeds_balance`: the payment's currency."
     )
 
 

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.api.openapi import problem_examples
 from app.api.routes import payments as payment_routes
 from app.core.config import Settings
 from app.core.logging import build_handler
@@ -245,6 +246,28 @@ async def test_the_api_answers_each_error_code_as_a_complete_problem(
     response = await produce(code, scene)
 
     assert_problem(response, STATUS_BY_CODE[code], code)
+
+
+@pytest.mark.parametrize("code", sorted(STATUS_BY_CODE))
+async def test_the_documented_example_of_each_code_is_shaped_like_its_real_answer(
+    client: httpx.AsyncClient,
+    merchant: MerchantCredentials,
+    create_merchant: Callable[..., Any],
+    ctx: ServiceContext,
+    monkeypatch: pytest.MonkeyPatch,
+    code: str,
+) -> None:
+    example = problem_examples()[code]["value"]
+    scene = Scene(client, merchant, create_merchant, ctx, monkeypatch)
+
+    response = await produce(code, scene)
+
+    body = response.json()
+    assert {k: type(v) for k, v in body.items()} == {k: type(v) for k, v in example.items()}
+    assert (body["title"], body["status"]) == (example["title"], example["status"])
+    headers = {name.lower() for name in response.headers}
+    assert ("www-authenticate" in headers) == (response.status_code == 401)
+    assert ("retry-after" in headers) == (response.status_code == 503)
 
 
 # --- 400 / 404 / 405 / 413 --------------------------------------------------------------

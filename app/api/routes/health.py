@@ -119,7 +119,7 @@ async def _reconciliation(runtime: Runtime) -> dict[str, Any]:
     }
 
 
-@router.get("/", response_model=ServiceInfo, summary="Service information")
+@router.get("/", name="get_service_info", response_model=ServiceInfo, summary="Service information")
 async def root(runtime: RuntimeDep) -> dict[str, str]:
     """Name, version and where the API documentation lives."""
     return {"service": "payment-service", "version": runtime.settings.version, "docs": "/docs"}
@@ -127,6 +127,7 @@ async def root(runtime: RuntimeDep) -> dict[str, str]:
 
 @router.get(
     "/health",
+    name="get_health",
     response_model=HealthResponse,
     summary="Deep health check",
     responses={503: {"model": HealthResponse, "description": "The database is unreachable."}},
@@ -161,7 +162,9 @@ async def health(runtime: RuntimeDep) -> JSONResponse:
     )
 
 
-@router.get("/health/live", summary="Liveness", response_model=LivenessResponse)
+@router.get(
+    "/health/live", name="get_liveness", summary="Liveness", response_model=LivenessResponse
+)
 async def live() -> dict[str, str]:
     """200 while the process serves requests."""
     return {"status": "alive"}
@@ -169,6 +172,7 @@ async def live() -> dict[str, str]:
 
 @router.get(
     "/health/ready",
+    name="get_readiness",
     summary="Readiness",
     response_model=ReadinessResponse,
     responses={503: {"model": ReadinessResponse, "description": "Draining, or no database."}},

@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Body, Path, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.models import Example
 from starlette.responses import Response
 
 from app.api.deps import CorrelationIdDep, IdempotencyKeyHeader, MerchantDep, Runtime, RuntimeDep
 from app.api.exact_json import ExactJsonRoute
+from app.api.openapi import idempotent_answer, payment_links, problem_responses
 from app.api.schemas import (
+    EXAMPLE_TRANSACTION_ID,
+    PAYMENT_REQUEST_EXAMPLE,
     CaptureRequest,
     PaymentDetailResponse,
     PaymentRequest,
     PaymentResponse,
-    Problem,
     RefundRequest,
     RefundResponse,
 )
 from app.core.jsoncodec import dump_json
+from app.domain.ids import TRANSACTION_ID_SHAPE
 from app.services.authorizations import capture_payment, void_payment
 from app.services.idempotency import (
     Answer,
@@ -34,59 +38,119 @@ from app.services.refunds import refund_payment
 router = APIRouter(prefix="/api/v1/payments", tags=["payments"], route_class=ExactJsonRoute)
 
 TransactionIdPath = Path(
-    description="The payment's id; anything that is not one of yours answers 404.",
-    examples=["txn_0f1e2d3c4b5a69788796a5b4c3d2e1f0"],
+    description=(
+        "The payment's id, `txn_` and 32 hex digits; anything that is not one of yours "
+        "(another merchant's, unknown, or not shaped like an id) answers 404."
+    ),
+    examples=[EXAMPLE_TRANSACTION_ID],
+    # Documented, not enforced: a malformed id is answered 404 like an unknown one.
+    json_schema_extra={"pattern": TRANSACTION_ID_SHAPE.pattern},
 )
 
-
-def _problem(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "model": Problem,
-        "content": {
-            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
-        },
-    }
-
-
-COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: _problem("Malformed JSON (`malformed_json`)."),
-    401: _problem("Missing, malformed or unknown API key (`unauthorized`)."),
-    403: _problem("`merchant_mismatch` or `merchant_inactive`."),
-    413: _problem("Body over 64 KiB (`payload_too_large`)."),
-    422: _problem(
-        "`validation_error` (one entry per bad field), `currency_not_supported`, "
-        "or `idempotency_key_reused`."
-    ),
-    500: _problem("Unexpected failure (`internal_error`); nothing was kept."),
-}
-
-IDEMPOTENT_ERRORS: dict[int | str, dict[str, Any]] = {
-    409: _problem(
-        "`idempotency_in_progress`, `payment_not_refundable`, `refund_exceeds_balance`, "
-        "`payment_not_capturable`, `payment_not_voidable`."
-    ),
-    503: _problem(
+_IDEMPOTENT_NOTES = {
+    503: (
         "`bank_unavailable`: the bank certainly did not receive the request; nothing was "
-        "charged, the attempt is recorded as failed and its `transaction_id` is in the body. "
+        "charged or refunded, the attempt is recorded as failed and its id is in the body. "
         "`service_unavailable`: the database cannot be reached; nothing was done. Both carry "
-        "`Retry-After`; a retry may reuse the Idempotency-Key."
+        "`Retry-After`, and are not remembered: a retry may reuse the `Idempotency-Key`."
     ),
 }
+# What each operation can answer besides its 2xx; docs/api.md, "Errors", says what each
+# code means. Every route may fail unexpectedly (500) or lose its database (503).
+_ALWAYS = ("unauthorized", "merchant_inactive", "internal_error", "service_unavailable")
+# A POST on an existing payment: a JSON body (or none), an Idempotency-Key.
+_ON_A_PAYMENT = (
+    *_ALWAYS,
+    "malformed_json",
+    "payload_too_large",
+    "validation_error",
+    "payment_not_found",
+    "idempotency_key_reused",
+    "idempotency_in_progress",
+    "bank_unavailable",
+)
+CREATE_PAYMENT_PROBLEMS = (
+    *_ALWAYS,
+    "malformed_json",
+    "payload_too_large",
+    "validation_error",
+    "merchant_mismatch",
+    "currency_not_supported",
+    "idempotency_key_reused",
+    "idempotency_in_progress",
+    "bank_unavailable",
+)
+GET_PAYMENT_PROBLEMS = (*_ALWAYS, "payment_not_found")
+REFUND_PAYMENT_PROBLEMS = (*_ON_A_PAYMENT, "payment_not_refundable", "refund_exceeds_balance")
+CAPTURE_PAYMENT_PROBLEMS = (*_ON_A_PAYMENT, "payment_not_capturable")
+VOID_PAYMENT_PROBLEMS = (*_ON_A_PAYMENT, "payment_not_voidable")
+
+# Links say which operation may follow an answer, with its transaction_id: what a client
+# generator documents and what schemathesis' stateful phase chains.
+_ON_A_PAYMENT_LINKS = payment_links(
+    "get_payment", "refund_payment", "capture_payment", "void_payment"
+)
+_CAPTURED_LINKS = payment_links("get_payment", "refund_payment")
+_REFUND_LINKS = payment_links("get_payment", "refund_payment")
+_READ_LINKS = payment_links("get_payment")
 
 
-def _accepted(what: str, model: type[Any]) -> dict[int | str, dict[str, Any]]:
-    return {
-        202: {
-            "description": (
-                f"The bank's answer is unknown (a timeout, a 5xx, a lost connection): the "
-                f"{what}, recorded and not yet settled. The reconciler asks the bank and "
-                "settles it; `GET` the payment for the outcome (its event says it too). "
-                "Remembered for the Idempotency-Key."
-            ),
-            "model": model,
-        }
-    }
+def _answers(
+    model: type[Any], accepted: str, *, links: dict[str, Any]
+) -> dict[int | str, dict[str, Any]]:
+    """The 200 and 202 of an idempotent POST; ``accepted`` says what a 202 carries."""
+    ok = idempotent_answer()
+    unknown = idempotent_answer(
+        f"The bank's answer is unknown (a timeout, a 5xx, a lost connection): the {accepted} "
+        "recorded and not yet settled. The reconciler asks the bank and settles it; `GET` "
+        "the payment for the outcome (its event says it too). Remembered for the "
+        "Idempotency-Key."
+    )
+    ok["links"] = unknown["links"] = links
+    return {200: ok, 202: {"model": model, **unknown}}
+
+
+PAYMENT_REQUEST_EXAMPLES: dict[str, Example] = {
+    "captured": {
+        "summary": "Pay 99.99 USD, captured at once (approved test Visa)",
+        "value": PAYMENT_REQUEST_EXAMPLE,
+    },
+    "manual_capture": {
+        "summary": "Authorize 80 EUR now, capture or void it later (test Mastercard)",
+        "value": {
+            "merchant_id": "merchant_test_123",
+            "amount": "80.00",
+            "currency": "EUR",
+            "payment_method": "credit_card",
+            "capture_method": "manual",
+            "card_data": {
+                "card_number": "5555 5555 5555 4444",
+                "expiry_month": 6,
+                "expiry_year": 2031,
+                "cvv": "321",
+                "cardholder_name": "Max Mustermann",
+            },
+            "description": "Hotel reservation 77",
+            "metadata": {"reservation": "77"},
+        },
+    },
+    "declined": {
+        "summary": "A decline is a 200 with `status: declined` (`insufficient_funds` card)",
+        "value": {
+            "merchant_id": "merchant_test_123",
+            "amount": 1500,
+            "currency": "JPY",
+            "payment_method": "debit_card",
+            "card_data": {
+                "card_number": "4000-0000-0000-9995",
+                "expiry_month": 1,
+                "expiry_year": 2030,
+                "cvv": "123",
+                "cardholder_name": "Yamada Hanako",
+            },
+        },
+    },
+}
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
@@ -141,16 +205,16 @@ async def _idempotency(
 
 @router.post(
     "/process",
+    name="create_payment",
     summary="Process a payment",
     response_model=PaymentResponse,
     responses={
-        **_accepted("payment, `processing`,", PaymentResponse),
-        **COMMON_ERRORS,
-        **IDEMPOTENT_ERRORS,
+        **_answers(PaymentResponse, "payment, `processing`,", links=_ON_A_PAYMENT_LINKS),
+        **problem_responses(*CREATE_PAYMENT_PROBLEMS, notes=_IDEMPOTENT_NOTES),
     },
 )
 async def process(
-    body: PaymentRequest,
+    body: Annotated[PaymentRequest, Body(openapi_examples=PAYMENT_REQUEST_EXAMPLES)],
     request: Request,
     runtime: RuntimeDep,
     merchant: MerchantDep,
@@ -185,15 +249,10 @@ async def process(
 
 @router.get(
     "/{transaction_id}",
+    name="get_payment",
     summary="Get a payment",
     response_model=PaymentDetailResponse,
-    responses={
-        401: COMMON_ERRORS[401],
-        403: COMMON_ERRORS[403],
-        404: _problem("`payment_not_found`: unknown, or another merchant's."),
-        422: COMMON_ERRORS[422],
-        500: COMMON_ERRORS[500],
-    },
+    responses=problem_responses(*GET_PAYMENT_PROBLEMS),
 )
 async def read(
     runtime: RuntimeDep,
@@ -207,13 +266,12 @@ async def read(
 
 @router.post(
     "/{transaction_id}/refund",
+    name="refund_payment",
     summary="Refund a payment",
     response_model=RefundResponse,
     responses={
-        **_accepted("refund, `pending` (its amount reserved),", RefundResponse),
-        **COMMON_ERRORS,
-        **IDEMPOTENT_ERRORS,
-        404: _problem("`payment_not_found`: unknown, or another merchant's."),
+        **_answers(RefundResponse, "refund, `pending` (its amount reserved),", links=_REFUND_LINKS),
+        **problem_responses(*REFUND_PAYMENT_PROBLEMS, notes=_IDEMPOTENT_NOTES),
     },
 )
 async def refund(
@@ -242,13 +300,16 @@ async def refund(
 
 @router.post(
     "/{transaction_id}/capture",
+    name="capture_payment",
     summary="Capture an authorized payment",
     response_model=PaymentResponse,
     responses={
-        **_accepted("payment, still `authorized` with its capture pending,", PaymentResponse),
-        **COMMON_ERRORS,
-        **IDEMPOTENT_ERRORS,
-        404: _problem("`payment_not_found`: unknown, or another merchant's."),
+        **_answers(
+            PaymentResponse,
+            "payment, still `authorized` with its capture pending,",
+            links=_CAPTURED_LINKS,
+        ),
+        **problem_responses(*CAPTURE_PAYMENT_PROBLEMS, notes=_IDEMPOTENT_NOTES),
     },
 )
 async def capture(
@@ -277,13 +338,14 @@ async def capture(
 
 @router.post(
     "/{transaction_id}/void",
+    name="void_payment",
     summary="Void an authorized payment",
     response_model=PaymentResponse,
     responses={
-        **_accepted("payment, still `authorized` with its void pending,", PaymentResponse),
-        **COMMON_ERRORS,
-        **IDEMPOTENT_ERRORS,
-        404: _problem("`payment_not_found`: unknown, or another merchant's."),
+        **_answers(
+            PaymentResponse, "payment, still `authorized` with its void pending,", links=_READ_LINKS
+        ),
+        **problem_responses(*VOID_PAYMENT_PROBLEMS, notes=_IDEMPOTENT_NOTES),
     },
 )
 async def void(

@@ -10,6 +10,7 @@ hold (then nothing of the unit was written).
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -41,6 +42,14 @@ class UnsettledBacklog:
     payments: int
     refunds: int
     oldest_age_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class MerchantSummary:
+    """A merchant as an operator lists it, with how many of its keys still authenticate."""
+
+    merchant: Merchant
+    active_keys: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +93,10 @@ class MerchantRepository(Protocol):
         """The merchant, or None."""
         ...
 
+    async def list_summaries(self) -> list[MerchantSummary]:
+        """Every merchant (by id) with its number of unrevoked keys."""
+        ...
+
     def update(self, merchant: Merchant, *, at: datetime) -> None:
         """Stage writing the merchant's status."""
         ...
@@ -102,6 +115,21 @@ class ApiKeyRepository(Protocol):
 
     async def get_by_hash(self, key_hash: str) -> ApiKey | None:
         """The key with this digest, revoked or not."""
+        ...
+
+    async def get(self, key_id: uuid.UUID) -> ApiKey | None:
+        """The key with this id, revoked or not."""
+        ...
+
+    async def of_merchant(self, merchant_id: str) -> list[ApiKey]:
+        """The merchant's keys, revoked or not, oldest first."""
+        ...
+
+    async def active_with_prefix(
+        self, prefix: str, *, merchant_id: str | None = None
+    ) -> list[ApiKey]:
+        """The unrevoked keys whose stored prefix starts with ``prefix`` (taken literally),
+        of one merchant when ``merchant_id`` is given; oldest first."""
         ...
 
     def revoke(self, api_key: ApiKey, *, at: datetime) -> None:

@@ -23,11 +23,6 @@ MAX_METADATA_FILTERS: Final = 10
 """How many ``metadata[KEY]`` conditions one listing may combine."""
 
 
-def cursor_field(cursor: PageCursor) -> str:
-    """The query parameter a cursor came from."""
-    return "ending_before" if cursor.newer else "starting_after"
-
-
 async def list_payments(
     ctx: ServiceContext,
     *,
@@ -64,4 +59,6 @@ async def list_payments(
 
 
 def _unknown_cursor(cursor: PageCursor) -> ValidationFailed:
-    return ValidationFailed("Not the id of one of your payments.", field=cursor_field(cursor))
+    """Named after the query parameter the cursor came from."""
+    field = "ending_before" if cursor.newer else "starting_after"
+    return ValidationFailed("Not the id of one of your payments.", field=field)

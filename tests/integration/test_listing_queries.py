@@ -1,4 +1,5 @@
-"""The listing's read (``SqlPaymentQueries.payment_page``) on real PostgreSQL."""
+"""The listing's read (``SqlPaymentQueries.payment_page``) and its use case
+(``list_payments``) on real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.adapters.db.queries import SqlPaymentQueries, payment_page_statement
 from app.adapters.db.unit_of_work import SqlUnitOfWork
+from app.domain.errors import MerchantInactive, ValidationFailed
 from app.domain.ids import new_transaction_id
+from app.domain.merchants import MerchantStatus
 from app.domain.payments import Payment
+from app.services.context import ServiceContext
+from app.services.listing import MAX_METADATA_FILTERS, MAX_PAGE_SIZE, list_payments
 from app.services.ports import PageCursor, PaymentFilter
 from tests.factories import MerchantFactory, PaymentFactory
 
@@ -115,3 +120,63 @@ async def test_a_page_holds_whole_payments_without_their_refunds(
     assert shown.card == payment.card
     assert shown.created_at == payment.created_at
     assert shown.refunds == []
+
+
+# -- the use case keeps its own rules, whoever calls it ----------------------------------
+
+USE_CASE_REFUSALS = {
+    "no page": ({"limit": 0}, "limit"),
+    "a page too long": ({"limit": MAX_PAGE_SIZE + 1}, "limit"),
+    "too many metadata filters": (
+        {
+            "filters": PaymentFilter(
+                metadata={f"k{n}": "v" for n in range(MAX_METADATA_FILTERS + 1)}
+            )
+        },
+        "metadata",
+    ),
+    "a malformed cursor": ({"cursor": PageCursor("txn_nope")}, "starting_after"),
+    "an unknown cursor": ({"cursor": PageCursor("txn_" + "0" * 32, newer=True)}, "ending_before"),
+}
+
+
+@pytest.mark.parametrize("case", list(USE_CASE_REFUSALS))
+async def test_list_payments_refuses_what_no_page_can_answer(
+    ctx: ServiceContext, uow_factory: UowFactory, case: str
+) -> None:
+    arguments, field = USE_CASE_REFUSALS[case]
+    merchant = MerchantFactory()
+    await seed(uow_factory, PaymentFactory(merchant_id=merchant.merchant_id, created_at=T0))
+
+    with pytest.raises(ValidationFailed) as refused:
+        await list_payments(ctx, merchant=merchant, **({"filters": PaymentFilter()} | arguments))
+
+    assert refused.value.errors == [{"field": field, "message": refused.value.detail}]
+
+
+async def test_list_payments_answers_the_list_object(
+    ctx: ServiceContext, uow_factory: UowFactory
+) -> None:
+    merchant = MerchantFactory()
+    older, newer = (
+        PaymentFactory(merchant_id=merchant.merchant_id, created_at=T0.replace(second=s))
+        for s in (1, 2)
+    )
+    await seed(uow_factory, older, newer)
+
+    body = await list_payments(ctx, merchant=merchant, filters=PaymentFilter(), limit=1)
+
+    assert body["object"] == "list"
+    assert body["url"] == "/api/v1/payments"
+    assert body["has_more"] is True
+    assert [p["transaction_id"] for p in body["data"]] == [newer.transaction_id]
+    assert "refunds" not in body["data"][0]
+
+
+async def test_a_disabled_merchant_lists_nothing(ctx: ServiceContext) -> None:
+    with pytest.raises(MerchantInactive):
+        await list_payments(
+            ctx,
+            merchant=MerchantFactory(status=MerchantStatus.DISABLED),
+            filters=PaymentFilter(),
+        )

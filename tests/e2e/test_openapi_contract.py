@@ -20,6 +20,7 @@ from tests.conftest import MerchantCredentials, make_settings
 
 PROBLEM_REF = "#/components/schemas/Problem"
 PAYMENT_ENDPOINTS = {
+    ("/api/v1/payments", "get"): {401, 403, 422, 500, 503},
     ("/api/v1/payments/process", "post"): {400, 401, 403, 409, 413, 422, 500, 503},
     ("/api/v1/payments/{transaction_id}", "get"): {401, 403, 404, 422, 500},
     ("/api/v1/payments/{transaction_id}/refund", "post"): {
@@ -115,6 +116,37 @@ async def test_schemas_carry_realistic_examples(client: httpx.AsyncClient) -> No
     for response_schema in ("PaymentResponse", "PaymentDetailResponse", "RefundResponse"):
         example = schemas[response_schema]["examples"][0]
         assert example["currency"] == "USD"
+    page = schemas["PaymentList"]["examples"][0]
+    assert page["object"] == "list"
+    assert page["data"][0]["currency"] == "USD"
+
+
+async def test_the_listing_documents_every_query_parameter(client: httpx.AsyncClient) -> None:
+    listing = operations(await openapi(client))[("/api/v1/payments", "get")]
+    parameters = {p["name"]: p for p in listing["parameters"]}
+
+    assert listing["operationId"] == "list_payments"
+    assert set(parameters) == {
+        "limit",
+        "starting_after",
+        "ending_before",
+        "status",
+        "created[gte]",
+        "created[gt]",
+        "created[lte]",
+        "created[lt]",
+        "metadata",
+    }
+    assert all(p["in"] == "query" and p["description"] for p in parameters.values())
+    assert all(not p["required"] for p in parameters.values())
+    limit = parameters["limit"]["schema"]
+    assert (limit["minimum"], limit["maximum"], limit["default"]) == (1, 100, 10)
+    assert parameters["created[gte]"]["schema"]["format"] == "date-time"
+    assert parameters["status"]["schema"] == {"$ref": "#/components/schemas/PaymentStatus"}
+    assert (parameters["metadata"]["style"], parameters["metadata"]["explode"]) == (
+        "deepObject",
+        True,
+    )
 
 
 async def test_the_idempotency_key_header_is_documented(

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Depends, Path, Request
 from starlette.responses import Response
 
 from app.api.deps import CorrelationIdDep, IdempotencyKeyHeader, MerchantDep, Runtime, RuntimeDep
@@ -12,11 +12,14 @@ from app.api.exact_json import ExactJsonRoute
 from app.api.schemas import (
     CaptureRequest,
     PaymentDetailResponse,
+    PaymentList,
+    PaymentListQuery,
     PaymentRequest,
     PaymentResponse,
     Problem,
     RefundRequest,
     RefundResponse,
+    query_parameters,
 )
 from app.core.jsoncodec import dump_json
 from app.services.authorizations import capture_payment, void_payment
@@ -26,7 +29,9 @@ from app.services.idempotency import (
     legacy_request_fingerprint,
     request_fingerprint,
 )
+from app.services.listing import list_payments
 from app.services.payments import CardDetails, get_payment, process_payment
+from app.services.ports import PageCursor, PaymentFilter
 from app.services.refunds import refund_payment
 
 router = APIRouter(prefix="/api/v1/payments", tags=["payments"], route_class=ExactJsonRoute)
@@ -165,6 +170,61 @@ async def process(
         capture_method=body.capture_method,
     )
     return _respond(answer)
+
+
+async def listing_query(request: Request) -> PaymentListQuery:
+    """The listing's query parameters, every bad one named in one 422."""
+    return PaymentListQuery.from_query(request.query_params.multi_items())
+
+
+@router.get(
+    "",
+    summary="List payments",
+    operation_id="list_payments",
+    response_model=PaymentList,
+    responses={
+        401: COMMON_ERRORS[401],
+        403: _problem("`merchant_inactive`."),
+        422: _problem(
+            "`validation_error`: one entry per bad query parameter, named as sent "
+            "(`limit`, `created[gte]`, `metadata[order_id]`, an unknown or repeated one); "
+            "a cursor that is not one of your payments is named too."
+        ),
+        500: COMMON_ERRORS[500],
+        503: _problem(
+            "`service_unavailable`: the database cannot be reached; retry after `Retry-After`."
+        ),
+    },
+    openapi_extra={"parameters": query_parameters(PaymentListQuery)},
+)
+async def listing(
+    runtime: RuntimeDep,
+    merchant: MerchantDep,
+    query: Annotated[PaymentListQuery, Depends(listing_query)],
+) -> Response:
+    """Your payments, newest first, a page at a time (keyset pagination: pages stay put
+    while new payments arrive). Follow `has_more` with `starting_after` set to the last
+    `transaction_id` of the page (or `ending_before` set to the first, to go back)."""
+    cursor = None
+    if query.starting_after is not None:
+        cursor = PageCursor(query.starting_after)
+    elif query.ending_before is not None:
+        cursor = PageCursor(query.ending_before, newer=True)
+    body = await list_payments(
+        runtime.services,
+        merchant=merchant,
+        filters=PaymentFilter(
+            status=query.status,
+            created_gte=query.created_gte,
+            created_gt=query.created_gt,
+            created_lte=query.created_lte,
+            created_lt=query.created_lt,
+            metadata=query.metadata,
+        ),
+        limit=query.limit,
+        cursor=cursor,
+    )
+    return _json(200, body)
 
 
 @router.get(

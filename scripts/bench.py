@@ -11,10 +11,15 @@ Two modes, to separate the service's own cost from its dependencies':
 
 * **full stack** -- PostgreSQL, MockServer as the bank (``BANK_API_URL``) and Kafka
   (``KAFKA_BOOTSTRAP_SERVERS``): payments at a fixed concurrency, payments at a fixed
-  rate (``BENCH_RATE_FULL``, default 150/s: its p99 is the target figure), status reads
-  and 0.01 partial refunds (both at the fixed concurrency);
+  rate (``BENCH_RATE_FULL``, default 150/s: its p99 is the target figure), status reads,
+  0.01 partial refunds and listing pages (the last three at the fixed concurrency);
 * **simulator** -- the in-process bank and no Kafka (events stay in the outbox):
-  payments at the fixed concurrency and at ``BENCH_RATE_SIM`` (default 300/s).
+  payments at the fixed concurrency and at ``BENCH_RATE_SIM`` (default 300/s), then
+  listing pages at the fixed concurrency.
+
+The listing phase pages through the thousands of payments the phases before it made:
+``GET /api/v1/payments?limit=20`` in turn plain, with ``status=captured``, and with
+``starting_after`` one of the captured ids (a cursor deep in the history).
 
 The load comes from ``wrk`` with the Lua scripts in ``scripts/bench/`` (see
 ``common.lua`` for how a closed-loop tool approximates a fixed rate). For every phase:
@@ -30,6 +35,8 @@ Environment (all optional):
   BENCH_RATE_SIM=300  BENCH_IDEMPOTENCY=1 (a fresh Idempotency-Key on every POST)
   BENCH_DB=payments_bench  BENCH_MODES=full,sim  BENCH_PROFILE= (a phase name, e.g.
   sim-payments-concurrency: py-spy records one worker during it)  BENCH_OUT=.bench
+  BENCH_PHASES= (phases to run, e.g. "listing" or "payments-rate,reads"; all when empty;
+  the warm-up's payments are still made, so a listing alone has some to page through)
   POSTGRES_PORT / KAFKA_PORT / MOCKSERVER_PORT and STACK_SCRIPT (another stack.sh, e.g.
   a private copy on other ports) as scripts/stack.sh understands them.
   BENCH_APP=app.main:create_app (the ASGI factory uvicorn serves: experiments can wrap it)
@@ -392,10 +399,12 @@ class BenchDatabase:
 # One statement that runs exactly once per request of a kind: counting it gives the
 # number of requests the database actually served in a window, including those that
 # wrk abandoned at the end of a phase (wrk only counts completed responses).
-UNIT_STATEMENTS = {
+UNIT_STATEMENTS: dict[str, str | tuple[str, ...]] = {
     "payments": "INSERT INTO transactions ",
     "refunds": "INSERT INTO refunds ",
     "reads": "SELECT transactions.transaction_id,",
+    # A page without a cursor, or with one (its rows come from the LATERAL "page").
+    "listing": ("SELECT transactions.transaction_id,", "SELECT page.transaction_id,"),
 }
 
 
@@ -759,7 +768,7 @@ class Phase:
 
     @property
     def kind(self) -> str:
-        """payments, reads or refunds."""
+        """payments, reads, refunds or listing."""
         return self.script.removesuffix(".lua")
 
 
@@ -780,7 +789,16 @@ class Config:
         default_factory=lambda: [m.strip() for m in env_str("BENCH_MODES", "full,sim").split(",")]
     )
     profile_phase: str = field(default_factory=lambda: env_str("BENCH_PROFILE", ""))
+    phases: set[str] = field(
+        default_factory=lambda: {
+            p.strip() for p in env_str("BENCH_PHASES", "").split(",") if p.strip()
+        }
+    )
     read_ids: int = 2000
+
+    def runs(self, phase: Phase) -> bool:
+        """Whether BENCH_PHASES selects this phase (every phase when it is empty)."""
+        return not self.phases or phase.name in self.phases
 
 
 class Bench:
@@ -858,7 +876,8 @@ class Bench:
         return {name: tree_cpu_seconds(self.stack.service_pid(name)) for name in names}
 
     def captured_ids(self, path: Path) -> Path:
-        """Write up to read_ids captured payments of the bench merchant to ``path``."""
+        """Write up to read_ids captured payments of the bench merchant to ``path``
+        (the ids reads and refunds walk, and the listing's cursors)."""
         conn = self.db.connect()
         try:
             with conn.cursor() as cur:
@@ -872,7 +891,7 @@ class Bench:
         finally:
             conn.close()
         if not ids:
-            raise RuntimeError("no captured payments to read or refund")
+            raise RuntimeError("no captured payments to read, refund or page from")
         path.write_text("\n".join(ids) + "\n")
         return path
 
@@ -992,10 +1011,15 @@ class Bench:
                 Phase("payments-concurrency", "payments.lua"),
                 Phase("payments-rate", "payments.lua", rate),
             ):
-                self.results.append(self.run_phase(server, mode, phase))
+                if config.runs(phase):
+                    self.results.append(self.run_phase(server, mode, phase))
+            on_ids = [Phase("listing", "listing.lua")]
             if mode == "full":
+                on_ids[:0] = [Phase("reads", "reads.lua"), Phase("refunds", "refunds.lua")]
+            on_ids = [phase for phase in on_ids if config.runs(phase)]
+            if on_ids:
                 ids = self.captured_ids(out_dir() / "bench-ids.txt")
-                for phase in (Phase("reads", "reads.lua"), Phase("refunds", "refunds.lua")):
+                for phase in on_ids:
                     self.results.append(self.run_phase(server, mode, phase, ids))
         finally:
             code = server.stop()
@@ -1018,6 +1042,7 @@ class Bench:
                 "rate_sim": self.config.rate_sim,
                 "idempotency_keys": self.config.idempotency,
                 "database": self.db.name,
+                "phases": sorted(self.config.phases) or ["all"],
                 "app_env": "production",
                 "log_level": "WARNING",
             },

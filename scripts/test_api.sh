@@ -315,6 +315,46 @@ expect "GET the payment returns it with an empty refunds list" 200 \
 req GET "$API/txn_doesnotexist${RUN_ID}"
 expect_problem "an unknown transaction id is 404 payment_not_found" 404 payment_not_found
 
+# -------------------------------------------------------------------------- listing
+# Every payment of this run carries metadata {"run": RUN_ID}: filtering on it keeps the
+# checks to this run's payments on a merchant that has others. Brackets are sent
+# percent-encoded (curl would read [ ] in a URL as a glob).
+
+section "Listing"
+RUN_FILTER="metadata%5Brun%5D=$RUN_ID"
+LISTED=()
+for _ in 1 2 3; do
+    pay 4242424242424242 5.00 USD
+    LISTED+=("$TXN")
+done
+req GET "$API?limit=2&$RUN_FILTER"
+expect "the newest two payments of the run, newest first, and more to come" 200 \
+    ".object == \"list\" and .url == \"$API\" and .has_more == true and ([.data[].transaction_id] == [\"${LISTED[2]}\", \"${LISTED[1]}\"]) and .data[0].amount == \"5.00\" and (.data[0] | has(\"refunds\") | not)"
+req GET "$API?limit=2&$RUN_FILTER&starting_after=${LISTED[1]}"
+expect "starting_after the second goes on with the first, then older ones" 200 \
+    ".data[0].transaction_id == \"${LISTED[0]}\" and (.data | length) == 2"
+req GET "$API?limit=1&$RUN_FILTER&ending_before=${LISTED[1]}"
+expect "ending_before the second pages back to the newest" 200 \
+    "[.data[].transaction_id] == [\"${LISTED[2]}\"] and .has_more == false"
+req GET "$API?status=declined&limit=100&$RUN_FILTER"
+expect "status=declined lists the run's declines, and only declines" 200 \
+    '(.data | length) >= 6 and all(.data[]; .status == "declined")'
+req GET "$API?limit=0"
+expect_problem "limit=0 is 422 naming limit" 422 validation_error '[.errors[].field] == ["limit"]'
+req GET "$API?colour=blue&created%5Bgte%5D=yesterday"
+expect_problem "an unknown parameter and a bad date are both named in one 422" 422 validation_error \
+    '([.errors[].field] | sort) == ["colour", "created[gte]"]'
+req GET "$API?starting_after=txn_doesnotexist${RUN_ID}"
+expect_problem "a cursor that is not one of your payments is 422 naming it" 422 validation_error \
+    '[.errors[].field] == ["starting_after"]'
+if [[ -n $OTHER_ID ]]; then
+    req -a "$OTHER_AUTH" GET "$API?limit=100&$RUN_FILTER"
+    expect "a second merchant lists none of this merchant's payments" 200 \
+        "all(.data[]; .merchant_id == \"$OTHER_ID\") and ([.data[].transaction_id] | index(\"${LISTED[0]}\") == null)"
+else
+    skip "listing isolation from a second merchant" "needs ADMIN_TESTS=1 or CREATE_MERCHANT=1"
+fi
+
 # -------------------------------------------------------------------------- refunds
 
 section "Refunds"

@@ -85,6 +85,15 @@ REFUNDS_AMOUNT: Final = MetricSpec(
     "major currency unit",
     "Amount of each recorded refund in major units.",
 )
+AUTHORIZATIONS_SETTLED: Final = MetricSpec(
+    "authorizations.settled",
+    "count",
+    ("operation", "outcome", "currency", "failure_code"),
+    "operation",
+    "Captures, voids and expiries of authorizations (capture_method manual) settled, by "
+    "the request or the reconciler: succeeded, or failed (the bank refused, or has no "
+    "record of it; the payment stays authorized).",
+)
 IDEMPOTENCY_REPLAYS: Final = MetricSpec(
     "idempotency.replays",
     "count",
@@ -168,6 +177,7 @@ CATALOGUE: Final[tuple[MetricSpec, ...]] = (
     PAYMENTS_AMOUNT,
     REFUNDS_PROCESSED,
     REFUNDS_AMOUNT,
+    AUTHORIZATIONS_SETTLED,
     IDEMPOTENCY_REPLAYS,
     BANK_LATENCY,
     BANK_CIRCUIT_OPEN,
@@ -270,6 +280,21 @@ class PaymentMetrics:
             _major(amount_minor, currency),
             tags=_tags(status=status, currency=currency),
         )
+
+    def authorization_settled(
+        self, *, operation: str, outcome: str, currency: str, failure_code: str | None = None
+    ) -> None:
+        """A capture, void or expiry of an authorization settled."""
+        if self._statsd is not None:
+            self._statsd.increment(
+                AUTHORIZATIONS_SETTLED.name,
+                tags=_tags(
+                    operation=operation,
+                    outcome=outcome,
+                    currency=currency,
+                    failure_code=failure_code,
+                ),
+            )
 
     def idempotent_replay(self, *, operation: str) -> None:
         """A request was answered with its stored response."""

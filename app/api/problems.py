@@ -128,7 +128,7 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, str]]:
         loc = tuple(err.get("loc", ()))
         message = str(err.get("msg", "Invalid value")).removeprefix("Value error, ")
         if err.get("type") == "extra_forbidden":
-            message = "Unknown field."
+            message = "Unknown query parameter." if loc[:1] == ("query",) else "Unknown field."
         # Never echo the offending input: it may be a card number or a CVV.
         entries.append({"field": _field_path(loc), "message": message})
     return entries

@@ -6,9 +6,13 @@ here, so a bad request fails with one 422 listing every bad field before any wor
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
+from fastapi.exceptions import RequestValidationError
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -17,6 +21,7 @@ from pydantic import (
     JsonValue,
     PrivateAttr,
     StringConstraints,
+    ValidationError,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
@@ -37,6 +42,8 @@ from app.domain.payments import (
     PaymentStatus,
     RefundStatus,
 )
+from app.services.listing import DEFAULT_PAGE_SIZE, MAX_METADATA_FILTERS, MAX_PAGE_SIZE
+from app.services.responses import PAYMENTS_URL
 
 METADATA_MAX_KEYS = 50
 METADATA_MAX_BYTES = 16 * 1024
@@ -549,6 +556,212 @@ class RefundResponse(BaseModel):
     refunded_amount: MoneyAmount
     refundable_amount: MoneyAmount
     created_at: Timestamp
+
+
+class PaymentList(BaseModel):
+    """A page of the merchant's payments, newest first (GET /api/v1/payments)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"object": "list", "data": [PAYMENT_EXAMPLE], "has_more": True, "url": PAYMENTS_URL}
+            ]
+        }
+    )
+
+    object: Literal["list"]
+    data: Annotated[
+        list[PaymentResponse],
+        Field(description="The payments, newest first, each as `GET` answers it without refunds."),
+    ]
+    has_more: Annotated[
+        bool,
+        Field(
+            description=(
+                "Whether more payments match beyond this page: older ones, or newer ones for "
+                "a page asked for with `ending_before`."
+            )
+        ),
+    ]
+    url: Annotated[str, Field(description="Where this list lives.", examples=[PAYMENTS_URL])]
+
+
+def _instant(value: object) -> object:
+    """An ISO 8601 date-time with a timezone, as UTC; anything else is refused."""
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            "must be an ISO 8601 date-time with a timezone, e.g. 2026-12-01T00:00:00Z"
+        ) from None
+    if parsed.tzinfo is None:
+        raise ValueError("must have a timezone: Z or an offset such as +01:00")
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range") from None
+
+
+Instant = Annotated[datetime, BeforeValidator(_instant)]
+METADATA_FILTER = re.compile(r"metadata\[(?P<key>.*)\]", re.DOTALL)
+"""``metadata[KEY]``: the key is everything between the first ``[`` and the last ``]``."""
+
+
+def _created(bound: str, meaning: str) -> Any:
+    return Field(
+        alias=f"created[{bound}]",
+        description=(
+            f"Only payments created {meaning} this instant: an ISO 8601 date-time with a "
+            "timezone (`Z` or an offset); a date-time without one is refused."
+        ),
+        examples=["2026-12-01T00:00:00Z"],
+    )
+
+
+class PaymentListQuery(BaseModel):
+    """GET /api/v1/payments: the query parameters (docs/api.md, "Listing payments").
+
+    Parsed by :meth:`from_query`, which refuses unknown and repeated parameters and lists
+    every bad one in one 422, like the bodies above.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    limit: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=MAX_PAGE_SIZE,
+            description=f"How many payments per page, 1-{MAX_PAGE_SIZE}.",
+            examples=[20],
+        ),
+    ] = DEFAULT_PAGE_SIZE
+    starting_after: Annotated[
+        str | None,
+        Field(
+            description=(
+                "A `transaction_id` of yours, usually the last of the page before: the next "
+                "page holds the payments just older than it. Not with `ending_before`."
+            ),
+            # No example: a cursor must be one of yours, and a tool trying the examples
+            # would send both cursors at once.
+            json_schema_extra={"pattern": TRANSACTION_ID_SHAPE.pattern},
+        ),
+    ] = None
+    ending_before: Annotated[
+        str | None,
+        Field(
+            description=(
+                "A `transaction_id` of yours, usually the first of the page after: the page "
+                "holds the payments just newer than it, still newest first. Not with "
+                "`starting_after`."
+            ),
+            json_schema_extra={"pattern": TRANSACTION_ID_SHAPE.pattern},
+        ),
+    ] = None
+    status: Annotated[PaymentStatus | None, Field(description="Only payments in this status.")] = (
+        None
+    )
+    created_gte: Annotated[Instant | None, _created("gte", "at or after")] = None
+    created_gt: Annotated[Instant | None, _created("gt", "after")] = None
+    created_lte: Annotated[Instant | None, _created("lte", "at or before")] = None
+    created_lt: Annotated[Instant | None, _created("lt", "before")] = None
+    metadata: Annotated[
+        dict[
+            Annotated[str, StringConstraints(min_length=1, max_length=100), NoNul],
+            Annotated[str, StringConstraints(max_length=500), NoNul],
+        ],
+        Field(
+            max_length=MAX_METADATA_FILTERS,
+            description=(
+                "`metadata[KEY]=VALUE`: only payments whose metadata has the top-level member "
+                "KEY with exactly the string VALUE (a number or any other JSON value never "
+                f"matches). Up to {MAX_METADATA_FILTERS}, all of which must match; keys of "
+                "1-100 and values of at most 500 characters."
+            ),
+            examples=[{"order_id": "1234"}],
+        ),
+    ] = Field(default_factory=dict)
+
+    @classmethod
+    def from_query(cls, parameters: Iterable[tuple[str, str]]) -> PaymentListQuery:
+        """The query from a query string's ``(name, value)`` pairs.
+
+        Raises:
+            RequestValidationError: One entry per bad parameter, named as it was sent
+                (``limit``, ``created[gte]``, ``metadata[order_id]``, an unknown name).
+        """
+        errors: list[dict[str, Any]] = []
+        values: dict[str, Any] = {}
+        metadata: dict[str, str] = {}
+        for name, value in parameters:
+            match = METADATA_FILTER.fullmatch(name)
+            if name in values or (match and match["key"] in metadata):
+                errors.append(_query_error(name, "Given more than once."))
+            elif match:
+                metadata[match["key"]] = value
+            elif name == "metadata":
+                errors.append(_query_error(name, "Filter on metadata with metadata[KEY]=VALUE."))
+            else:
+                values[name] = value
+        if "starting_after" in values and "ending_before" in values:
+            errors.extend(
+                _query_error(name, "Give starting_after or ending_before, not both.")
+                for name in ("starting_after", "ending_before")
+            )
+        if metadata:
+            values["metadata"] = metadata
+        try:
+            query = cls.model_validate(values)
+        except ValidationError as exc:
+            errors.extend(_named_by_parameter(exc))
+        if errors:
+            raise RequestValidationError(errors)
+        return query
+
+
+def _query_error(parameter: str, message: str) -> dict[str, Any]:
+    return {"type": "value_error", "loc": ("query", parameter), "msg": message}
+
+
+def _named_by_parameter(exc: ValidationError) -> list[dict[str, Any]]:
+    """Pydantic's errors, each located at the query parameter that was sent."""
+    errors = []
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = tuple(error["loc"])
+        if len(loc) > 1 and loc[0] == "metadata":
+            loc = (f"metadata[{loc[1]}]",)
+        errors.append({**error, "loc": ("query", *loc)})
+    return errors
+
+
+def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """A query model's fields as OpenAPI parameters, for a route that parses its query
+    itself (a ``dict`` field is a ``deepObject``: ``name[KEY]=VALUE``)."""
+    schema = model.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
+    parameters = []
+    for name, field_schema in schema["properties"].items():
+        field_schema = dict(field_schema)
+        field_schema.pop("title", None)
+        description = field_schema.pop("description", "")
+        variants = [v for v in field_schema.pop("anyOf", []) if v.get("type") != "null"]
+        if variants:  # optional: a parameter that is not sent, never a null
+            (variant,) = variants
+            field_schema = {**variant, **field_schema}
+            field_schema.pop("default", None)
+        parameter: dict[str, Any] = {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "description": description,
+            "schema": field_schema,
+        }
+        if field_schema.get("type") == "object":
+            parameter |= {"style": "deepObject", "explode": True}
+        parameters.append(parameter)
+    return parameters
 
 
 class FieldError(BaseModel):

@@ -25,6 +25,7 @@ class Merchant:
     name: str
     status: MerchantStatus
     currencies: frozenset[str]
+    created_at: datetime | None = None
 
     @property
     def active(self) -> bool:

@@ -38,7 +38,7 @@ from app.services.idempotency import (
     answer_for_taken_key,
     new_claim,
 )
-from app.services.payments import current_answer, record_refusal, report_outcome, write_events
+from app.services.payments import current_answer, record_refusal, write_events
 from app.services.ports import (
     BankAnswerUnknown,
     BankCaptureRequest,
@@ -157,10 +157,11 @@ async def _operate(
             try:
                 result = await ask_bank(ctx, payment, operation, correlation_id=correlation_id)
             except BankUnavailable as exc:
-                await _settle_answered(ctx, payment, None, claim, release_key=True)
+                not_sent = OperationResult(succeeded=False, failure_code=exc.failure_code)
+                await _settle_answered(ctx, payment, not_sent, claim, release_key=True)
                 raise exc.about(transaction_id=transaction_id) from None
             except BankAnswerUnknown:
-                return await _settle_answered(ctx, payment, None, claim, unknown=True)
+                return await _settle_answered(ctx, payment, None, claim)
             return await _settle_answered(ctx, payment, result, claim)
 
     answer = await attempt(new_claim(merchant.merchant_id, idempotency, new_operation_id(kind)))
@@ -247,9 +248,10 @@ async def _settle_answered(
     result: OperationResult | None,
     claim: Claim | None,
     *,
-    unknown: bool = False,
     release_key: bool = False,
 ) -> Answer:
+    """Settle the operation the request recorded with the bank's answer (``None``:
+    unknown, left pending for the reconciler); the request's answer."""
     operation = payment.pending_operation
     assert operation is not None
     try:
@@ -257,7 +259,7 @@ async def _settle_answered(
             ctx,
             transaction_id=payment.transaction_id,
             operation_id=operation.operation_id,
-            result=None if unknown else result or OperationResult(succeeded=False),
+            result=result,
             claim=claim,
             release_key=release_key,
         )
@@ -323,9 +325,33 @@ async def settle_operation(
                 status = ACCEPTED if payment.pending_operation is not None else 200
                 claim.complete(uow, Answer(payment_response(payment), status=status))
         await uow.commit()
-    if messages:
-        report_outcome(ctx, payment)
+    if result is not None:
+        _report(ctx, payment, operation, result)
     return payment, messages
+
+
+def _report(
+    ctx: ServiceContext, payment: Payment, operation: PendingOperation, result: OperationResult
+) -> None:
+    outcome = "succeeded" if result.succeeded else "failed"
+    ctx.metrics.authorization_settled(
+        operation=str(operation.kind),
+        outcome=outcome,
+        currency=payment.currency,
+        failure_code=result.failure_code,
+    )
+    logger.info(
+        "payment %s: %s %s, the payment is %s",
+        payment.transaction_id,
+        operation.kind,
+        outcome,
+        payment.status.value,
+        extra={
+            "transaction_id": payment.transaction_id,
+            "operation": str(operation.kind),
+            "status": payment.status.value,
+        },
+    )
 
 
 def _audit(

@@ -6,7 +6,8 @@ returns, so they are built in one place, from the aggregate.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Final
 
 from app.domain.money import format_minor
 from app.domain.payments import Payment, Refund
@@ -46,6 +47,21 @@ def payment_response(payment: Payment, *, with_refunds: bool = False) -> dict[st
     if with_refunds:
         body["refunds"] = [refund_summary(refund) for refund in payment.refunds]
     return body
+
+
+PAYMENTS_URL: Final = "/api/v1/payments"
+"""Where a merchant's payments are listed: the ``url`` of the list object."""
+
+
+def payment_list_response(payments: Sequence[Payment], *, has_more: bool) -> dict[str, Any]:
+    """A page of payments, newest first, as the list object (each payment without its
+    refunds, exactly as the single-payment answers show it otherwise)."""
+    return {
+        "object": "list",
+        "data": [payment_response(payment) for payment in payments],
+        "has_more": has_more,
+        "url": PAYMENTS_URL,
+    }
 
 
 def refund_summary(refund: Refund) -> dict[str, Any]:

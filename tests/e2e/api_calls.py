@@ -4,7 +4,9 @@ must look like.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import httpx
@@ -14,6 +16,8 @@ from tests.conftest import MerchantCredentials, payment_body
 
 PROCESS = "/api/v1/payments/process"
 PROBLEM_MEMBERS = frozenset({"type", "title", "status", "detail", "code", "correlation_id"})
+INVALIDATION_DEADLINE_S = 2.0
+"""How soon a merchant or key change reaches every worker's auth cache (its TTL is 30 s)."""
 
 
 def payment_url(transaction_id: str) -> str:
@@ -91,3 +95,15 @@ async def refund(
     if key is not None:
         headers["Idempotency-Key"] = key
     return await client.post(refund_url(transaction_id), json=sent, headers=headers)
+
+
+async def eventually(
+    request: Callable[[], Awaitable[httpx.Response]], done: Callable[[httpx.Response], bool]
+) -> httpx.Response:
+    """Repeat a request until ``done`` holds, for at most the invalidation deadline."""
+    deadline = time.monotonic() + INVALIDATION_DEADLINE_S
+    while True:
+        response = await request()
+        if done(response) or time.monotonic() > deadline:
+            return response
+        await asyncio.sleep(0.05)

@@ -6,7 +6,7 @@ import asyncio
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -19,26 +19,20 @@ from app.core.config import Settings
 from app.services import merchants
 from app.services.context import ServiceContext
 from tests.conftest import TABLES, MerchantCredentials, payment_body
-from tests.e2e.api_calls import PROCESS, assert_problem, pay, payment_url, refund, refund_url
-
-INVALIDATION_DEADLINE_S = 2.0
+from tests.e2e.api_calls import (
+    PROCESS,
+    assert_problem,
+    eventually,
+    pay,
+    payment_url,
+    refund,
+    refund_url,
+)
 
 
 def assert_unauthorized(response: httpx.Response) -> None:
     assert_problem(response, 401, "unauthorized")
     assert response.headers["WWW-Authenticate"] == "Bearer"
-
-
-async def eventually(
-    request: Callable[[], Awaitable[httpx.Response]], done: Callable[[httpx.Response], bool]
-) -> httpx.Response:
-    """Repeat a request until ``done`` holds, for at most the invalidation deadline."""
-    deadline = time.monotonic() + INVALIDATION_DEADLINE_S
-    while True:
-        response = await request()
-        if done(response) or time.monotonic() > deadline:
-            return response
-        await asyncio.sleep(0.05)
 
 
 async def denied_audit_rows(engine: AsyncEngine) -> list[dict[str, Any]]:

@@ -641,3 +641,160 @@ async def test_a_payment_captured_after_a_sigkill_has_its_event_on_the_topic(
         f"\nkill drill (kafka): captured {settled_at - restarted_at:.2f} s after the restart "
         f"was ready ({settled_at - killed_at:.2f} s after the kill)"
     )
+
+
+async def hold_operations(
+    mockserver: httpx.AsyncClient,
+    expect: Callable[[Awaitable[str]], Awaitable[str]],
+    kind: str,
+    transaction_id: str,
+) -> None:
+    """MockServer answers this payment's captures or voids (``kind``) succeeded, only after
+    ``BANK_HOLD_S``."""
+    await expect(
+        register_expectation(
+            mockserver,
+            http_request={
+                "method": "POST",
+                "path": f"/v1/{kind}s",
+                "body": {
+                    "type": "JSON",
+                    "json": {"transaction_id": transaction_id},
+                    "matchType": "ONLY_MATCHING_FIELDS",
+                },
+            },
+            action=json_response(200, {"status": "succeeded"}, delay_s=BANK_HOLD_S),
+            kind=f"kill-drill-{kind}",
+            reference=transaction_id,
+        )
+    )
+
+
+async def operation_row(engine: AsyncEngine, transaction_id: str) -> dict[str, Any]:
+    row = await one_row(
+        engine,
+        "SELECT status, captured_minor, pending_operation, pending_operation_id "
+        "FROM transactions WHERE transaction_id = :id",
+        id=transaction_id,
+    )
+    # "Settled" once nothing is pending: the status the drill helpers poll on.
+    return {**row, "status": row["pending_operation"] or row["status"]}
+
+
+async def test_a_capture_and_a_void_the_bank_held_at_a_sigkill_are_settled_after_the_restart(
+    mockserver: httpx.AsyncClient,
+    expect: Callable[[Awaitable[str]], Awaitable[str]],
+    service_factory: Callable[..., ServiceProcess],
+    drill_merchant: MerchantCredentials,
+    engine: AsyncEngine,
+) -> None:
+    """A capture the bank made and a void it has no record of, in the bank's hands when the
+    process dies: the capture ends ``captured`` with its amount, the void did not happen
+    (the authorization is free again), and neither is sent twice."""
+    service = service_factory()
+    service.start()
+    headers = drill_merchant.headers
+    async with httpx.AsyncClient(base_url=service.base_url, timeout=30) as http:
+        authorized = [
+            await http.post(
+                "/api/v1/payments/process",
+                json=payment_body(
+                    drill_merchant.merchant_id, amount="100.00", capture_method="manual"
+                ),
+                headers=headers,
+            )
+            for _ in range(2)
+        ]
+        assert [r.json()["status"] for r in authorized] == ["authorized", "authorized"]
+        to_capture, to_void = (r.json()["transaction_id"] for r in authorized)
+        await hold_operations(mockserver, expect, "capture", to_capture)
+        await hold_operations(mockserver, expect, "void", to_void)
+        capture_correlation = correlation_id("capture")
+        void_correlation = correlation_id("void")
+        in_flight = [
+            asyncio.create_task(
+                http.post(
+                    f"/api/v1/payments/{to_capture}/capture",
+                    json={"amount": "75.00"},
+                    headers={**headers, "X-Correlation-ID": capture_correlation},
+                )
+            ),
+            asyncio.create_task(
+                http.post(
+                    f"/api/v1/payments/{to_void}/void",
+                    headers={**headers, "X-Correlation-ID": void_correlation},
+                )
+            ),
+        ]
+        capture_sent, void_sent = await asyncio.gather(
+            bank_received(mockserver, engine, path="/v1/captures", correlation=capture_correlation),
+            bank_received(mockserver, engine, path="/v1/voids", correlation=void_correlation),
+        )
+        service.kill()
+        for request in in_flight:
+            await died_mid_request(request)
+
+    # Recorded before the bank was asked, and nothing more.
+    capture_id, void_id = capture_sent["capture_id"], void_sent["void_id"]
+    assert capture_sent["amount_minor"] == 7500
+    assert await operation_row(engine, to_capture) == {
+        "status": "capture",
+        "captured_minor": 0,
+        "pending_operation": "capture",
+        "pending_operation_id": capture_id,
+    }
+    assert (await operation_row(engine, to_void))["pending_operation_id"] == void_id
+    for transaction_id in (to_capture, to_void):
+        assert [e["event_type"] for e in await events_of(engine, transaction_id)] == [
+            "payment.authorized"
+        ]
+
+    await expect(
+        register_lookup(
+            mockserver,
+            f"/v1/captures/{capture_id}",
+            json_response(200, {"status": "succeeded"}),
+            reference=capture_id,
+        )
+    )
+    await expect(
+        register_lookup(
+            mockserver,
+            f"/v1/voids/{void_id}",
+            json_response(404, {"error": "no_such_record"}),
+            reference=void_id,
+        )
+    )
+    service.start()
+    settled = await wait_until_all_settled(
+        engine,
+        service,
+        {
+            "capture": (lambda: operation_row(engine, to_capture), "capture"),
+            "void": (lambda: operation_row(engine, to_void), "void"),
+        },
+    )
+
+    captured, voided = settled["capture"][0], settled["void"][0]
+    assert (captured["status"], captured["captured_minor"]) == ("captured", 7500)
+    assert (voided["status"], voided["pending_operation"]) == ("authorized", None)
+    assert [e["event_type"] for e in await events_of(engine, to_capture)] == [
+        "payment.authorized",
+        "payment.captured",
+    ]
+    assert [e["event_type"] for e in await events_of(engine, to_void)] == ["payment.authorized"]
+    assert await settle_audit(engine, to_void, "payment.void.settle") == [
+        {"actor": "reconciler", "outcome": "failure"}
+    ]
+    for path, correlation in (
+        ("/v1/captures", capture_correlation),
+        ("/v1/voids", void_correlation),
+    ):
+        sent = await recorded_requests(
+            mockserver, method="POST", path_regex=path, correlation_id=correlation
+        )
+        assert len(sent) == 1, f"{path} was sent {len(sent)} times"
+    async with httpx.AsyncClient(base_url=service.base_url, timeout=30) as http:
+        again = await http.post(f"/api/v1/payments/{to_void}/void", headers=headers)
+        assert again.status_code == 200, again.text
+        assert again.json()["status"] == "voided"

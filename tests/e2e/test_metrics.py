@@ -280,6 +280,43 @@ async def test_a_processing_payment_is_counted_once_the_reconciler_settles_it(
     )
 
 
+async def test_a_capture_and_a_void_of_authorizations_are_counted_as_operations(
+    client: httpx.AsyncClient, merchant: MerchantCredentials, statsd: StatsdListener
+) -> None:
+    manual = payment_body(amount="50.00", currency="EUR", capture_method="manual")
+    first = (await client.post(PAY, json=manual, headers=merchant.headers)).json()
+    second = (await client.post(PAY, json=manual, headers=merchant.headers)).json()
+    authorized = await statsd.wait_for(
+        named("payments.processed", status="authorized", currency="EUR"), "authorization"
+    )
+    assert authorized.value == 1
+
+    captured = await client.post(
+        f"/api/v1/payments/{first['transaction_id']}/capture",
+        json={"amount": "20.00"},
+        headers=merchant.headers,
+    )
+    voided = await client.post(
+        f"/api/v1/payments/{second['transaction_id']}/void", headers=merchant.headers
+    )
+
+    assert captured.json()["status"] == "captured"
+    assert voided.json()["status"] == "voided"
+    capture = await statsd.wait_for(
+        named("authorizations.settled", operation="capture", outcome="succeeded"), "capture"
+    )
+    assert capture.tags["currency"] == "EUR"
+    await statsd.wait_for(
+        named("authorizations.settled", operation="void", outcome="succeeded"), "void"
+    )
+    # An authorization is one payment: its capture is not counted as another.
+    processed = [m for m in statsd.drain() if m.name.endswith("payments.processed")]
+    assert {m.tags["status"] for m in processed} == {"authorized"}
+    assert_catalogued_and_bounded(
+        statsd.received, merchant.merchant_id, first["transaction_id"], second["transaction_id"]
+    )
+
+
 async def test_an_idempotent_replay_is_counted(
     client: httpx.AsyncClient, merchant: MerchantCredentials, statsd: StatsdListener
 ) -> None:

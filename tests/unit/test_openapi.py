@@ -36,17 +36,17 @@ def test_every_route_is_documented_under_its_name() -> None:
 
 def test_one_more_route_needs_only_its_name_and_gets_problem_errors() -> None:
     app = create_app(make_settings())
-    router = APIRouter(prefix="/api/v1/payments")
+    router = APIRouter(prefix="/api/v1/refunds")
 
-    @router.get("", name="list_payments")
-    async def listing(limit: Annotated[int, Query(ge=1, le=100)] = 10) -> dict[str, Any]:
+    @router.get("", name="list_refunds")
+    async def refunds(limit: Annotated[int, Query(ge=1, le=100)] = 10) -> dict[str, Any]:
         return {}
 
     app.include_router(router)
     document = app.openapi()
 
-    operation = document["paths"]["/api/v1/payments"]["get"]
-    assert operation["operationId"] == "list_payments"
+    operation = document["paths"]["/api/v1/refunds"]["get"]
+    assert operation["operationId"] == "list_refunds"
     # FastAPI's own 422 (application/json, HTTPValidationError) is answered as a problem.
     assert operation["responses"]["422"] == {
         **problem_responses("validation_error")[422],

@@ -176,6 +176,7 @@ def merchant_from_row(row: Row) -> Merchant:
         name=row["name"],
         status=MerchantStatus(row["status"]),
         currencies=frozenset(row["currencies"]),
+        created_at=row["created_at"],
     )
 
 

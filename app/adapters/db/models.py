@@ -150,6 +150,27 @@ class PaymentRow(Base):
             name="pending_operation_valid",
         ),
         Index("ix_transactions_merchant_id_created_at", "merchant_id", text("created_at DESC")),
+        # The listing (GET /api/v1/payments): newest first, keyset-paginated on
+        # (created_at, transaction_id), for every merchant, one status, and metadata.
+        Index(
+            "ix_transactions_merchant_id_created_at_transaction_id",
+            "merchant_id",
+            text("created_at DESC"),
+            text("transaction_id DESC"),
+        ),
+        Index(
+            "ix_transactions_merchant_id_status_created_at_transaction_id",
+            "merchant_id",
+            "status",
+            text("created_at DESC"),
+            text("transaction_id DESC"),
+        ),
+        Index(
+            "ix_transactions_metadata",
+            "metadata",
+            postgresql_using="gin",
+            postgresql_ops={"metadata": "jsonb_path_ops"},
+        ),
         Index(
             "ix_transactions_reconcile_due",
             "next_reconcile_at",

@@ -6,12 +6,24 @@ the statement alone.
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
-from sqlalchemy import bindparam, func, literal, select
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    asc,
+    bindparam,
+    desc,
+    func,
+    literal,
+    select,
+    true,
+    tuple_,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.adapters.db.mapping import merchant_from_row
+from app.adapters.db.mapping import merchant_from_row, payment_from_row
 from app.adapters.db.repositories import (
     API_KEYS,
     MERCHANTS,
@@ -22,7 +34,7 @@ from app.adapters.db.repositories import (
 )
 from app.domain.merchants import Merchant
 from app.domain.payments import Payment, RefundStatus
-from app.services.ports import UnsettledBacklog
+from app.services.ports import PageCursor, PaymentFilter, PaymentPage, UnsettledBacklog
 
 _PAYMENT = payment_with_refunds()
 # Payments waiting for the bank: processing, or with a capture, void or expiry pending --
@@ -54,6 +66,65 @@ _MERCHANT_FOR_KEY = (
     .where(API_KEYS.c.key_hash == bindparam("key_hash"), API_KEYS.c.revoked_at.is_(None))
 )
 
+_CREATED_BOUNDS = (
+    ("created_gte", operator.ge),
+    ("created_gt", operator.gt),
+    ("created_lte", operator.le),
+    ("created_lt", operator.lt),
+)
+
+
+def _matching(merchant_id: str, filters: PaymentFilter) -> list[ColumnElement[bool]]:
+    """The merchant's payments that pass ``filters``: each condition is served by one of
+    the listing's indexes (migration 0006)."""
+    conditions = [PAYMENTS.c.merchant_id == merchant_id]
+    if filters.status is not None:
+        conditions.append(PAYMENTS.c.status == filters.status.value)
+    for name, compare in _CREATED_BOUNDS:
+        bound = getattr(filters, name)
+        if bound is not None:
+            conditions.append(compare(PAYMENTS.c.created_at, bound))
+    if filters.metadata:
+        conditions.append(PAYMENTS.c["metadata"].contains(dict(filters.metadata)))
+    return conditions
+
+
+def payment_page_statement(
+    *, merchant_id: str, filters: PaymentFilter, limit: int, cursor: PageCursor | None
+) -> Select[Any]:
+    """One statement for one page, keyset-paginated (never OFFSET): ``limit + 1`` rows
+    say whether there are more.
+
+    With a cursor, its payment (looked up within the merchant's) is the anchor, and the
+    page is a LATERAL subquery of the rows beyond it, outer-joined: no row at all means
+    the cursor is not one of the merchant's payments, one row of NULLs an empty page.
+    Newer pages are read oldest first (the rows right after the cursor), and turned
+    around by the caller.
+    """
+    direction = asc if cursor is not None and cursor.newer else desc
+    page = (
+        select(PAYMENTS)
+        .where(*_matching(merchant_id, filters))
+        .order_by(direction(PAYMENTS.c.created_at), direction(PAYMENTS.c.transaction_id))
+        .limit(limit + 1)
+    )
+    if cursor is None:
+        return page
+    anchor = (
+        select(PAYMENTS.c.created_at, PAYMENTS.c.transaction_id)
+        .where(
+            PAYMENTS.c.transaction_id == cursor.transaction_id,
+            PAYMENTS.c.merchant_id == merchant_id,
+        )
+        .subquery("anchor")
+    )
+    # The listing's order: ``transaction_id`` breaks ties of ``created_at``.
+    key = tuple_(PAYMENTS.c.created_at, PAYMENTS.c.transaction_id)
+    bound = tuple_(anchor.c.created_at, anchor.c.transaction_id)
+    beyond = key > bound if cursor.newer else key < bound
+    rows = page.where(beyond).lateral("page")
+    return select(rows).select_from(anchor.outerjoin(rows, true()))
+
 
 class SqlPaymentQueries:
     """:class:`~app.services.ports.PaymentQueries` over a pooled engine."""
@@ -72,6 +143,30 @@ class SqlPaymentQueries:
         """The merchant of the unrevoked API key with this digest, or None."""
         rows = await self._fetch(_MERCHANT_FOR_KEY, {"key_hash": key_hash})
         return merchant_from_row(rows[0]) if rows else None
+
+    async def payment_page(
+        self,
+        *,
+        merchant_id: str,
+        filters: PaymentFilter,
+        limit: int,
+        cursor: PageCursor | None = None,
+    ) -> PaymentPage | None:
+        """Up to ``limit`` of the merchant's payments that match ``filters``, without
+        their refunds, newest first: the newest ones, or those right next to the cursor's
+        payment. None when the cursor is not one of the merchant's payments."""
+        statement = payment_page_statement(
+            merchant_id=merchant_id, filters=filters, limit=limit, cursor=cursor
+        )
+        rows = await self._fetch(statement, {})
+        if cursor is not None:
+            if not rows:
+                return None
+            rows = [row for row in rows if row["transaction_id"] is not None]
+        payments = [payment_from_row(row) for row in rows[:limit]]
+        if cursor is not None and cursor.newer:
+            payments.reverse()
+        return PaymentPage(payments=payments, has_more=len(rows) > limit)
 
     async def unsettled_backlog(self) -> UnsettledBacklog:
         """How many payments (processing, or a capture, void or expiry pending) and refunds

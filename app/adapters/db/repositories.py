@@ -64,6 +64,7 @@ from app.domain.payments import OperationKind, Payment, PaymentStatus, Refund, R
 from app.services.ports import (
     IdempotencyRecord,
     Lease,
+    MerchantSummary,
     OutboxBacklog,
     OutboxMessage,
     StoredAnswer,
@@ -148,6 +149,23 @@ class MerchantRepository:
         row = (await self._session.execute(statement)).mappings().first()
         return None if row is None else merchant_from_row(row)
 
+    async def list_summaries(self) -> list[MerchantSummary]:
+        """Every merchant (by id) with its number of unrevoked keys."""
+        active_keys = (
+            select(func.count())
+            .where(API_KEYS.c.merchant_id == MERCHANTS.c.merchant_id)
+            .where(API_KEYS.c.revoked_at.is_(None))
+            .scalar_subquery()
+        )
+        statement = select(MERCHANTS, active_keys.label("active_keys")).order_by(
+            MERCHANTS.c.merchant_id
+        )
+        rows = (await self._session.execute(statement)).mappings().all()
+        return [
+            MerchantSummary(merchant=merchant_from_row(row), active_keys=row["active_keys"])
+            for row in rows
+        ]
+
     def update(self, merchant: Merchant, *, at: datetime) -> None:
         """Stage writing the merchant's status."""
         self._batch.update(
@@ -182,9 +200,37 @@ class ApiKeyRepository:
 
     async def get_by_hash(self, key_hash: str) -> ApiKey | None:
         """The key with this digest, revoked or not."""
-        statement = select(API_KEYS).where(API_KEYS.c.key_hash == key_hash)
+        return await self._one(select(API_KEYS).where(API_KEYS.c.key_hash == key_hash))
+
+    async def get(self, key_id: uuid.UUID) -> ApiKey | None:
+        """The key with this id, revoked or not."""
+        return await self._one(select(API_KEYS).where(API_KEYS.c.id == key_id))
+
+    async def of_merchant(self, merchant_id: str) -> list[ApiKey]:
+        """The merchant's keys, revoked or not, oldest first."""
+        return await self._all(select(API_KEYS).where(API_KEYS.c.merchant_id == merchant_id))
+
+    async def active_with_prefix(
+        self, prefix: str, *, merchant_id: str | None = None
+    ) -> list[ApiKey]:
+        """The unrevoked keys whose stored prefix starts with ``prefix`` (``_`` and ``%``
+        taken literally), of one merchant when ``merchant_id`` is given; oldest first."""
+        statement = select(API_KEYS).where(
+            API_KEYS.c.key_prefix.startswith(prefix, autoescape=True),
+            API_KEYS.c.revoked_at.is_(None),
+        )
+        if merchant_id is not None:
+            statement = statement.where(API_KEYS.c.merchant_id == merchant_id)
+        return await self._all(statement)
+
+    async def _one(self, statement: Any) -> ApiKey | None:
         row = (await self._session.execute(statement)).mappings().first()
         return None if row is None else api_key_from_row(row)
+
+    async def _all(self, statement: Any) -> list[ApiKey]:
+        ordered = statement.order_by(API_KEYS.c.created_at, API_KEYS.c.id)
+        rows = (await self._session.execute(ordered)).mappings().all()
+        return [api_key_from_row(row) for row in rows]
 
     def revoke(self, api_key: ApiKey, *, at: datetime) -> None:
         """Stage revoking the key."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Request
+from fastapi import APIRouter, Body, Depends, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.models import Example
 from starlette.responses import Response
@@ -18,10 +18,13 @@ from app.api.schemas import (
     PAYMENT_REQUEST_EXAMPLE,
     CaptureRequest,
     PaymentDetailResponse,
+    PaymentList,
+    PaymentListQuery,
     PaymentRequest,
     PaymentResponse,
     RefundRequest,
     RefundResponse,
+    query_parameters,
 )
 from app.core.jsoncodec import dump_json
 from app.domain.ids import TRANSACTION_ID_SHAPE
@@ -32,7 +35,9 @@ from app.services.idempotency import (
     legacy_request_fingerprint,
     request_fingerprint,
 )
+from app.services.listing import list_payments
 from app.services.payments import CardDetails, get_payment, process_payment
+from app.services.ports import PageCursor, PaymentFilter
 from app.services.refunds import refund_payment
 
 router = APIRouter(prefix="/api/v1/payments", tags=["payments"], route_class=ExactJsonRoute)
@@ -81,6 +86,7 @@ CREATE_PAYMENT_PROBLEMS = (
     "bank_unavailable",
 )
 GET_PAYMENT_PROBLEMS = (*_ALWAYS, "payment_not_found")
+LIST_PAYMENTS_PROBLEMS = (*_ALWAYS, "validation_error")
 REFUND_PAYMENT_PROBLEMS = (*_ON_A_PAYMENT, "payment_not_refundable", "refund_exceeds_balance")
 CAPTURE_PAYMENT_PROBLEMS = (*_ON_A_PAYMENT, "payment_not_capturable")
 VOID_PAYMENT_PROBLEMS = (*_ON_A_PAYMENT, "payment_not_voidable")
@@ -245,6 +251,58 @@ async def process(
         capture_method=body.capture_method,
     )
     return _respond(answer)
+
+
+async def listing_query(request: Request) -> PaymentListQuery:
+    """The listing's query parameters, every bad one named in one 422."""
+    return PaymentListQuery.from_query(request.query_params.multi_items())
+
+
+@router.get(
+    "",
+    summary="List payments",
+    name="list_payments",
+    response_model=PaymentList,
+    responses=problem_responses(
+        *LIST_PAYMENTS_PROBLEMS,
+        notes={
+            422: (
+                "One entry per bad query parameter, named as sent (`limit`, `created[gte]`, "
+                "`metadata[order_id]`, an unknown or repeated one); a cursor that is not "
+                "one of your payments is named too."
+            )
+        },
+    ),
+    openapi_extra={"parameters": query_parameters(PaymentListQuery)},
+)
+async def listing(
+    runtime: RuntimeDep,
+    merchant: MerchantDep,
+    query: Annotated[PaymentListQuery, Depends(listing_query)],
+) -> Response:
+    """Your payments, newest first, a page at a time (keyset pagination: pages stay put
+    while new payments arrive). Follow `has_more` with `starting_after` set to the last
+    `transaction_id` of the page (or `ending_before` set to the first, to go back)."""
+    cursor = None
+    if query.starting_after is not None:
+        cursor = PageCursor(query.starting_after)
+    elif query.ending_before is not None:
+        cursor = PageCursor(query.ending_before, newer=True)
+    body = await list_payments(
+        runtime.services,
+        merchant=merchant,
+        filters=PaymentFilter(
+            status=query.status,
+            created_gte=query.created_gte,
+            created_gt=query.created_gt,
+            created_lte=query.created_lte,
+            created_lt=query.created_lt,
+            metadata=query.metadata,
+        ),
+        limit=query.limit,
+        cursor=cursor,
+    )
+    return _json(200, body)
 
 
 @router.get(

@@ -31,6 +31,12 @@ class Metrics(Protocol):
         """A refund reached a status."""
         ...
 
+    def authorization_settled(
+        self, *, operation: str, outcome: str, currency: str, failure_code: str | None = None
+    ) -> None:
+        """A capture, void or expiry of an authorization settled (``succeeded``/``failed``)."""
+        ...
+
     def idempotent_replay(self, *, operation: str) -> None:
         """A request was answered with its stored response."""
         ...
@@ -82,6 +88,11 @@ class NoMetrics:
 
     def refund_processed(
         self, *, status: str, currency: str, amount_minor: int, failure_code: str | None = None
+    ) -> None:
+        """Nothing is sent."""
+
+    def authorization_settled(
+        self, *, operation: str, outcome: str, currency: str, failure_code: str | None = None
     ) -> None:
         """Nothing is sent."""
 

@@ -10,7 +10,9 @@ hold (then nothing of the unit was written).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -41,6 +43,59 @@ class UnsettledBacklog:
     payments: int
     refunds: int
     oldest_age_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class MerchantSummary:
+    """A merchant as an operator lists it, with how many of its keys still authenticate."""
+
+    merchant: Merchant
+    active_keys: int
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentFilter:
+    """Which of a merchant's payments a listing shows: every condition given must hold.
+
+    Attributes:
+        status: Only payments in this status.
+        created_gte: Only payments created at or after this instant.
+        created_gt: Only payments created after this instant.
+        created_lte: Only payments created at or before this instant.
+        created_lt: Only payments created before this instant.
+        metadata: Top-level metadata members each payment must have, each with exactly
+            this string value.
+    """
+
+    status: PaymentStatus | None = None
+    created_gte: datetime | None = None
+    created_gt: datetime | None = None
+    created_lte: datetime | None = None
+    created_lt: datetime | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PageCursor:
+    """Where a page of a listing starts: next to one of the merchant's payments.
+
+    Attributes:
+        transaction_id: The payment the page starts next to (it is not on the page).
+        newer: False: the payments just older than it (``starting_after``); True: the
+            payments just newer than it (``ending_before``).
+    """
+
+    transaction_id: str
+    newer: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentPage:
+    """One page of a listing, newest first, and whether more match beyond it (older ones,
+    or newer ones for a page of newer payments)."""
+
+    payments: list[Payment]
+    has_more: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +139,10 @@ class MerchantRepository(Protocol):
         """The merchant, or None."""
         ...
 
+    async def list_summaries(self) -> list[MerchantSummary]:
+        """Every merchant (by id) with its number of unrevoked keys."""
+        ...
+
     def update(self, merchant: Merchant, *, at: datetime) -> None:
         """Stage writing the merchant's status."""
         ...
@@ -102,6 +161,21 @@ class ApiKeyRepository(Protocol):
 
     async def get_by_hash(self, key_hash: str) -> ApiKey | None:
         """The key with this digest, revoked or not."""
+        ...
+
+    async def get(self, key_id: uuid.UUID) -> ApiKey | None:
+        """The key with this id, revoked or not."""
+        ...
+
+    async def of_merchant(self, merchant_id: str) -> list[ApiKey]:
+        """The merchant's keys, revoked or not, oldest first."""
+        ...
+
+    async def active_with_prefix(
+        self, prefix: str, *, merchant_id: str | None = None
+    ) -> list[ApiKey]:
+        """The unrevoked keys whose stored prefix starts with ``prefix`` (taken literally),
+        of one merchant when ``merchant_id`` is given; oldest first."""
         ...
 
     def revoke(self, api_key: ApiKey, *, at: datetime) -> None:
@@ -303,6 +377,20 @@ class PaymentQueries(Protocol):
 
     async def merchant_for_key(self, key_hash: str) -> Merchant | None:
         """The merchant of the unrevoked API key with this digest, or None."""
+        ...
+
+    async def payment_page(
+        self,
+        *,
+        merchant_id: str,
+        filters: PaymentFilter,
+        limit: int,
+        cursor: PageCursor | None = None,
+    ) -> PaymentPage | None:
+        """Up to ``limit`` of the merchant's payments that match ``filters``, without
+        their refunds, newest first in ``(created_at, transaction_id)`` order: the newest
+        ones, or those right next to the cursor's payment. None when the cursor is not
+        one of the merchant's payments."""
         ...
 
     async def unsettled_backlog(self) -> UnsettledBacklog:

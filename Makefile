@@ -64,6 +64,14 @@ bank-expectations: install ## Regenerate deploy/mockserver/expectations.json fro
 openapi: install ## Export the app's OpenAPI document to docs/openapi.json (sorted keys; a unit test compares it)
 	@$(UV) run --frozen python scripts/export_openapi.py
 
+.PHONY: client
+client: install ## Regenerate the typed Python client in clients/python from docs/openapi.json (openapi-python-client)
+	@bash scripts/client.sh generate
+
+.PHONY: client-check
+client-check: install ## Fail if clients/python is not what docs/openapi.json generates
+	@bash scripts/client.sh check
+
 .PHONY: diagrams
 diagrams: ## Render docs/architecture/*.puml to SVG with the pinned PlantUML (smetana layout, no Graphviz)
 	@bash scripts/render_diagrams.sh

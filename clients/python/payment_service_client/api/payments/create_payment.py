@@ -1,0 +1,241 @@
+from http import HTTPStatus
+from typing import Any
+
+import httpx
+
+from ... import errors
+from ...client import AuthenticatedClient, Client
+from ...models.payment_request import PaymentRequest
+from ...models.payment_response import PaymentResponse
+from ...models.problem import Problem
+from ...types import UNSET, Response, Unset
+
+
+def _get_kwargs(
+    *,
+    body: PaymentRequest,
+    idempotency_key: None | str | Unset = UNSET,
+) -> dict[str, Any]:
+    headers: dict[str, Any] = {}
+    if not isinstance(idempotency_key, Unset):
+        headers["Idempotency-Key"] = idempotency_key
+
+    _kwargs: dict[str, Any] = {
+        "method": "post",
+        "url": "/api/v1/payments/process",
+    }
+
+    _kwargs["json"] = body.to_dict()
+
+    headers["Content-Type"] = "application/json"
+
+    _kwargs["headers"] = headers
+    return _kwargs
+
+
+def _parse_response(
+    *, client: AuthenticatedClient | Client, response: httpx.Response
+) -> PaymentResponse | Problem | None:
+    if response.status_code == 200:
+        response_200 = PaymentResponse.from_dict(response.json())
+
+        return response_200
+
+    if response.status_code == 202:
+        response_202 = PaymentResponse.from_dict(response.json())
+
+        return response_202
+
+    if response.status_code == 400:
+        response_400 = Problem.from_dict(response.json())
+
+        return response_400
+
+    if response.status_code == 401:
+        response_401 = Problem.from_dict(response.json())
+
+        return response_401
+
+    if response.status_code == 403:
+        response_403 = Problem.from_dict(response.json())
+
+        return response_403
+
+    if response.status_code == 409:
+        response_409 = Problem.from_dict(response.json())
+
+        return response_409
+
+    if response.status_code == 413:
+        response_413 = Problem.from_dict(response.json())
+
+        return response_413
+
+    if response.status_code == 422:
+        response_422 = Problem.from_dict(response.json())
+
+        return response_422
+
+    if response.status_code == 500:
+        response_500 = Problem.from_dict(response.json())
+
+        return response_500
+
+    if response.status_code == 503:
+        response_503 = Problem.from_dict(response.json())
+
+        return response_503
+
+    if client.raise_on_unexpected_status:
+        raise errors.UnexpectedStatus(response.status_code, response.content)
+    else:
+        return None
+
+
+def _build_response(
+    *, client: AuthenticatedClient | Client, response: httpx.Response
+) -> Response[PaymentResponse | Problem]:
+    return Response(
+        status_code=HTTPStatus(response.status_code),
+        content=response.content,
+        headers=response.headers,
+        parsed=_parse_response(client=client, response=response),
+    )
+
+
+def sync_detailed(
+    *,
+    client: AuthenticatedClient,
+    body: PaymentRequest,
+    idempotency_key: None | str | Unset = UNSET,
+) -> Response[PaymentResponse | Problem]:
+    """Process a payment
+
+     Authorize a card payment and, unless `capture_method` is `manual`, capture it.
+    Declines answer 200 with `status: declined`; an unknown bank answer is a 202 with
+    `status: processing`.
+
+    Args:
+        idempotency_key (None | str | Unset): Retry-safe key (1-255 printable ASCII), scoped to
+            the merchant, kept 24 h.
+        body (PaymentRequest): POST /api/v1/payments/process.
+
+    Raises:
+        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        httpx.TimeoutException: If the request takes longer than Client.timeout.
+
+    Returns:
+        Response[PaymentResponse | Problem]
+    """
+
+    kwargs = _get_kwargs(
+        body=body,
+        idempotency_key=idempotency_key,
+    )
+
+    response = client.get_httpx_client().request(
+        **kwargs,
+    )
+
+    return _build_response(client=client, response=response)
+
+
+def sync(
+    *,
+    client: AuthenticatedClient,
+    body: PaymentRequest,
+    idempotency_key: None | str | Unset = UNSET,
+) -> PaymentResponse | Problem | None:
+    """Process a payment
+
+     Authorize a card payment and, unless `capture_method` is `manual`, capture it.
+    Declines answer 200 with `status: declined`; an unknown bank answer is a 202 with
+    `status: processing`.
+
+    Args:
+        idempotency_key (None | str | Unset): Retry-safe key (1-255 printable ASCII), scoped to
+            the merchant, kept 24 h.
+        body (PaymentRequest): POST /api/v1/payments/process.
+
+    Raises:
+        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        httpx.TimeoutException: If the request takes longer than Client.timeout.
+
+    Returns:
+        PaymentResponse | Problem
+    """
+
+    return sync_detailed(
+        client=client,
+        body=body,
+        idempotency_key=idempotency_key,
+    ).parsed
+
+
+async def asyncio_detailed(
+    *,
+    client: AuthenticatedClient,
+    body: PaymentRequest,
+    idempotency_key: None | str | Unset = UNSET,
+) -> Response[PaymentResponse | Problem]:
+    """Process a payment
+
+     Authorize a card payment and, unless `capture_method` is `manual`, capture it.
+    Declines answer 200 with `status: declined`; an unknown bank answer is a 202 with
+    `status: processing`.
+
+    Args:
+        idempotency_key (None | str | Unset): Retry-safe key (1-255 printable ASCII), scoped to
+            the merchant, kept 24 h.
+        body (PaymentRequest): POST /api/v1/payments/process.
+
+    Raises:
+        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        httpx.TimeoutException: If the request takes longer than Client.timeout.
+
+    Returns:
+        Response[PaymentResponse | Problem]
+    """
+
+    kwargs = _get_kwargs(
+        body=body,
+        idempotency_key=idempotency_key,
+    )
+
+    response = await client.get_async_httpx_client().request(**kwargs)
+
+    return _build_response(client=client, response=response)
+
+
+async def asyncio(
+    *,
+    client: AuthenticatedClient,
+    body: PaymentRequest,
+    idempotency_key: None | str | Unset = UNSET,
+) -> PaymentResponse | Problem | None:
+    """Process a payment
+
+     Authorize a card payment and, unless `capture_method` is `manual`, capture it.
+    Declines answer 200 with `status: declined`; an unknown bank answer is a 202 with
+    `status: processing`.
+
+    Args:
+        idempotency_key (None | str | Unset): Retry-safe key (1-255 printable ASCII), scoped to
+            the merchant, kept 24 h.
+        body (PaymentRequest): POST /api/v1/payments/process.
+
+    Raises:
+        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        httpx.TimeoutException: If the request takes longer than Client.timeout.
+
+    Returns:
+        PaymentResponse | Problem
+    """
+
+    return (
+        await asyncio_detailed(
+            client=client,
+            body=body,
+            idempotency_key=idempotency_key,
+        )
+    ).parsed

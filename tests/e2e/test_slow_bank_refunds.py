@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings
@@ -170,6 +171,23 @@ async def timed(
         timings.failures.append(f"{response.status_code} {response.text[:300]}")
 
 
+_RESERVED = text(
+    "SELECT count(*) FROM refunds WHERE transaction_id = ANY(:ids) AND status = 'pending'"
+)
+
+
+async def wait_until_reserved(engine: AsyncEngine, transaction_ids: list[str]) -> None:
+    """Until each payment has its refund recorded ``pending`` (the bank is holding it)."""
+    deadline, pending = time.monotonic() + BANK_REFUND_DELAY_S, 0
+    while time.monotonic() < deadline:
+        async with engine.connect() as conn:
+            pending = (await conn.execute(_RESERVED, {"ids": transaction_ids})).scalar_one()
+        if pending == len(transaction_ids):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"only {pending} of {len(transaction_ids)} refunds were reserved")
+
+
 async def test_fifty_refunds_the_bank_holds_starve_no_payment_and_no_read(
     service: ServiceProcess,
     slow_bank: tuple[MerchantCredentials, str],
@@ -252,8 +270,10 @@ async def test_fifty_refunds_the_bank_holds_starve_no_payment_and_no_read(
             refunds = [asyncio.create_task(refund(t)) for t in payments]
 
             # While the bank holds them: a refund of what is reserved is refused at once,
-            # so neither the payment's row lock nor a connection waits for the bank.
-            await asyncio.sleep(1.0)
+            # so neither the payment's row lock nor a connection waits for the bank. Sent
+            # once those refunds are reserved (on a loaded machine that can take longer
+            # than a fixed pause, and an over-refund arriving first is rightly accepted).
+            await wait_until_reserved(engine, payments[:OVER_REFUNDS])
             over_refunds = await asyncio.gather(
                 *(
                     http.post(

@@ -26,6 +26,7 @@ from app.services.ports import (
     RefundResult,
 )
 from app.services.reconciliation import reconcile_once
+from tests.e2e.refund_ledger import refund_ledger_violations
 from tests.service_calls import pay, refund
 
 TIMEOUT_CARD = "4000000000000903"  # the bank approves, answering too late
@@ -297,3 +298,40 @@ async def test_a_refund_outcome_that_cannot_be_written_answers_202_and_stays_res
         id=txn,
     )
     assert (payment.refunded_minor, payment.refund_pending_minor) == (3000, 0)
+
+
+async def test_a_refund_settled_twice_at_once_moves_its_amount_once(
+    ctx: ServiceContext, merchant: Any, engine: AsyncEngine
+) -> None:
+    # The request and the reconciler can settle one refund at the same moment (the soak
+    # caught it: a slow bank, a reconciler round due meanwhile). Both wait for the
+    # payment's row lock; the second must see the refund as the first left it, not as it
+    # was when its statement started waiting.
+    with_bank = dataclasses.replace(ctx, bank=RefundsTimingOut())
+    txn = (await pay(with_bank, amount="100.00"))["transaction_id"]
+    refund_id = (await refund(with_bank, txn, "60.00"))["refund_id"]
+    succeeded = RefundResult(succeeded=True, bank_reference="bank-ref-1")
+
+    async with engine.connect() as holder:
+        await holder.execute(
+            text("SELECT 1 FROM transactions WHERE transaction_id = :id FOR UPDATE"), {"id": txn}
+        )
+        settles = [
+            asyncio.create_task(
+                refund_services.settle_refund(
+                    ctx, transaction_id=txn, refund_id=refund_id, result=succeeded
+                )
+            )
+            for _ in range(2)
+        ]
+        await asyncio.sleep(0.5)  # both are waiting for the lock
+        await holder.commit()
+    await asyncio.gather(*settles)
+
+    (payment,) = await rows(
+        engine,
+        "SELECT refunded_minor, refund_pending_minor FROM transactions WHERE transaction_id = :id",
+        id=txn,
+    )
+    assert (payment.refunded_minor, payment.refund_pending_minor) == (6000, 0)
+    assert await refund_ledger_violations(engine) == []

@@ -88,22 +88,34 @@ REFUND_PREFIX = "refund_"
 _REFUND_COLUMNS = [column.label(f"{REFUND_PREFIX}{column.key}") for column in REFUNDS.c]
 
 
-def payment_with_refunds(*, for_update: bool = False, any_merchant: bool = False) -> Any:
-    """``SELECT`` a merchant's payment joined with its refunds (oldest first), by
-    ``:transaction_id`` and ``:merchant_id`` (not by merchant with ``any_merchant``, for
-    the service's own background work): one statement, one snapshot."""
+def _payment_conditions(*, any_merchant: bool) -> list[Any]:
+    """``:transaction_id``, and ``:merchant_id`` unless ``any_merchant`` (the service's own
+    background work)."""
     conditions = [PAYMENTS.c.transaction_id == bindparam("transaction_id")]
     if not any_merchant:
         conditions.append(PAYMENTS.c.merchant_id == bindparam("merchant_id"))
-    statement = (
+    return conditions
+
+
+def payment_with_refunds(*, any_merchant: bool = False) -> Any:
+    """``SELECT`` a merchant's payment joined with its refunds (oldest first), by
+    ``:transaction_id`` and ``:merchant_id``: one statement, one snapshot."""
+    return (
         select(PAYMENTS, *_REFUND_COLUMNS)
         .outerjoin(REFUNDS, REFUNDS.c.transaction_id == PAYMENTS.c.transaction_id)
-        .where(*conditions)
+        .where(*_payment_conditions(any_merchant=any_merchant))
         .order_by(REFUNDS.c.created_at, REFUNDS.c.refund_id)
     )
-    if for_update:
-        statement = statement.with_for_update(of=PAYMENTS)
-    return statement
+
+
+def lock_payment(*, any_merchant: bool = False) -> Any:
+    """``SELECT … FOR UPDATE`` the payment's row alone, with the conditions of
+    :func:`payment_with_refunds`."""
+    return (
+        select(PAYMENTS.c.transaction_id)
+        .where(*_payment_conditions(any_merchant=any_merchant))
+        .with_for_update()
+    )
 
 
 def payment_from_joined_rows(rows: Sequence[Any]) -> Payment | None:
@@ -254,10 +266,19 @@ class PaymentRepository:
     async def get_for_update(
         self, transaction_id: str, *, merchant_id: str | None
     ) -> Payment | None:
-        """The payment with its refunds, row-locked to the end of the unit."""
+        """The payment with its refunds, row-locked to the end of the unit.
+
+        The lock is taken by a statement of its own, and the refunds are read after it: a
+        read joined to the lock would, after waiting for another unit holding it, see the
+        payment row as that unit left it (READ COMMITTED re-reads only the locked row) but
+        its refunds as they were before -- a refund settled twice."""
+        any_merchant = merchant_id is None
+        params = {"transaction_id": transaction_id, "merchant_id": merchant_id}
+        locked = await self._session.execute(lock_payment(any_merchant=any_merchant), params)
+        if locked.first() is None:
+            return None
         result = await self._session.execute(
-            payment_with_refunds(for_update=True, any_merchant=merchant_id is None),
-            {"transaction_id": transaction_id, "merchant_id": merchant_id},
+            payment_with_refunds(any_merchant=any_merchant), params
         )
         return payment_from_joined_rows(result.mappings().all())
 

@@ -33,6 +33,7 @@ from app.domain.errors import (
 )
 from app.domain.events import DomainEvent, EventType
 from app.domain.money import Money, format_minor
+from app.domain.timestamps import iso
 
 
 class PaymentStatus(StrEnum):
@@ -561,6 +562,9 @@ class Payment:
     def _emit(
         self, event_type: EventType, correlation_id: str | None, at: datetime, data: dict[str, Any]
     ) -> None:
+        # The payment's updated_at: a webhook receiver discards deliveries older than
+        # what it already has (SPEC §10).
+        data["updated_at"] = iso(self.updated_at)
         self._events.append(
             DomainEvent(
                 event_type=event_type,

@@ -215,6 +215,7 @@ def test_a_refund_reserves_its_amount_until_the_bank_answers() -> None:
         "status": "succeeded",
         "payment_status": "partially_refunded",
         "refunded_amount": "40.00",
+        "updated_at": "2026-12-03T12:00:05.000Z",  # the payment's: it just moved
     }
     assert event.correlation_id == "c"
 
@@ -373,6 +374,7 @@ def test_a_payment_event_names_its_outcome_and_carries_no_card_data() -> None:
             "capture_method": "automatic",
             "captured_amount": "0.00",
             "decline_code": "insufficient_funds",
+            "updated_at": "2026-12-03T12:00:05.000Z",
         },
     }
     assert "4242" not in str(envelope)

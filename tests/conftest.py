@@ -34,6 +34,10 @@ _SERVER_URL = os.environ.get("TEST_DATABASE_SERVER", "postgresql+asyncpg://payme
 _OWN_DATABASE = f"payments_test_{os.getpid()}"
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", f"{_SERVER_URL}/{_OWN_DATABASE}")
 TABLES = (
+    "webhook_attempts",
+    "webhook_deliveries",
+    "webhook_events",
+    "webhook_endpoints",
     "auth_refusals",
     "audit_log",
     "outbox_events",

@@ -40,6 +40,7 @@ from app.domain.payments import (
     PaymentStatus,
     RefundStatus,
 )
+from app.domain.webhooks import DeliveryStatus, EndpointStatus
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -57,6 +58,8 @@ IDEMPOTENCY_STATES = ("in_progress", "completed")
 AUDIT_OUTCOMES = tuple(outcome.value for outcome in AuditOutcome)
 CAPTURE_METHODS = tuple(method.value for method in CaptureMethod)
 OPERATION_KINDS = tuple(kind.value for kind in OperationKind)
+ENDPOINT_STATUSES = tuple(status.value for status in EndpointStatus)
+DELIVERY_STATUSES = tuple(status.value for status in DeliveryStatus)
 _CAPTURED = "coalesce(captured_minor, amount_minor)"
 UNREFUNDED_STATUSES = tuple(s.value for s in PaymentStatus if s not in REFUNDED_STATUSES)
 """Statuses in which nothing can have been refunded (the domain's sets, in table order)."""
@@ -390,3 +393,127 @@ class AuthRefusalRow(Base):
     details: Mapped[dict[str, Any]] = mapped_column(
         JSONB, nullable=False, server_default=text("'{}'::jsonb")
     )
+
+
+class WebhookEndpointRow(Base):
+    """A merchant's webhook endpoint (docs/webhooks.md); its secrets sealed by the vault."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (
+        CheckConstraint(_in("status", ENDPOINT_STATUSES), name="status_valid"),
+        CheckConstraint("char_length(url) <= 2048", name="url_length"),
+        CheckConstraint(
+            "(previous_secret_ciphertext IS NULL) = (previous_secret_expires_at IS NULL)",
+            name="previous_secret_has_expiry",
+        ),
+        Index("ix_webhook_endpoints_merchant_id", "merchant_id"),
+    )
+
+    endpoint_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    merchant_id: Mapped[str] = mapped_column(
+        ForeignKey("merchants.merchant_id", ondelete="RESTRICT"), nullable=False
+    )
+    url: Mapped[str] = mapped_column(Text, nullable=False)
+    # Empty: every event type.
+    event_types: Mapped[list[str]] = mapped_column(
+        ARRAY(String(64)), nullable=False, server_default=text("'{}'")
+    )
+    status: Mapped[str] = mapped_column(String(16), nullable=False, server_default="enabled")
+    secret_ciphertext: Mapped[str] = mapped_column(Text, nullable=False)
+    previous_secret_ciphertext: Mapped[str | None] = mapped_column(Text)
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Since when every attempt has failed (NULL once one succeeds); past the retry window
+    # the endpoint is disabled.
+    failing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    disabled_reason: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+class WebhookEventRow(Base):
+    """An event kept for a merchant's webhooks: deliveries and replays send its body."""
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (
+        Index("ix_webhook_events_merchant_id_occurred_at", "merchant_id", "occurred_at"),
+    )
+
+    event_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    merchant_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    transaction_id: Mapped[str] = mapped_column(String(40), nullable=False)
+    event_type: Mapped[str] = mapped_column(String(64), nullable=False)
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    body: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    trace_context: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    recorded_at: Mapped[datetime] = _now()
+
+
+class WebhookDeliveryRow(Base):
+    """One event to one endpoint: pending until a 2xx, or given up after the window."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("event_id", "endpoint_id"),
+        CheckConstraint(_in("status", DELIVERY_STATUSES), name="status_valid"),
+        CheckConstraint("attempts >= 0", name="attempts_not_negative"),
+        CheckConstraint(
+            "(status = 'pending') = (next_attempt_at IS NOT NULL)", name="pending_has_next_attempt"
+        ),
+        # Due deliveries, soonest first.
+        Index(
+            "ix_webhook_deliveries_next_attempt_at",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
+        # An earlier pending delivery of the same payment to the same endpoint (order).
+        Index(
+            "ix_webhook_deliveries_pending_order",
+            "endpoint_id",
+            "transaction_id",
+            "id",
+            postgresql_where=text("status = 'pending'"),
+        ),
+        Index("ix_webhook_deliveries_finished_at", "finished_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    event_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("webhook_events.event_id", ondelete="CASCADE"), nullable=False
+    )
+    endpoint_id: Mapped[str] = mapped_column(
+        ForeignKey("webhook_endpoints.endpoint_id", ondelete="CASCADE"), nullable=False
+    )
+    transaction_id: Mapped[str] = mapped_column(String(40), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    claimed_by: Mapped[str | None] = mapped_column(Text)
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = _now()
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When it was delivered or given up (NULL while pending): what retention counts from.
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookAttemptRow(Base):
+    """One POST of a delivery: when, the status code or error class, how long. Never the
+    secret, the signature or the response body."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (Index("ix_webhook_attempts_delivery_id", "delivery_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), nullable=False
+    )
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    attempted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(64))
+    latency_ms: Mapped[int] = mapped_column(Integer, nullable=False)
+    dispatcher: Mapped[str] = mapped_column(String(128), nullable=False)

@@ -25,6 +25,7 @@ from app.adapters.db.repositories import (
     PaymentRepository,
     RefundRepository,
 )
+from app.adapters.db.webhooks import WebhookRepository
 from app.adapters.db.write_batch import WriteBatch
 from app.services.ports import ConcurrentUpdate
 
@@ -39,6 +40,7 @@ class SqlUnitOfWork:
     idempotency: IdempotencyRepository
     outbox: OutboxRepository
     audit: AuditLogRepository
+    webhooks: WebhookRepository
 
     def __init__(self, session_factory: async_sessionmaker[AsyncSession]) -> None:
         self._session_factory = session_factory
@@ -65,6 +67,7 @@ class SqlUnitOfWork:
         self.idempotency = IdempotencyRepository(session, batch)
         self.outbox = OutboxRepository(session, batch)
         self.audit = AuditLogRepository(session, batch)
+        self.webhooks = WebhookRepository(session, batch)
         return self
 
     async def __aexit__(

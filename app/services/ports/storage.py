@@ -21,6 +21,7 @@ from app.domain.audit import AuditEntry
 from app.domain.merchants import ApiKey, Merchant
 from app.domain.payments import Payment, PaymentStatus, Refund
 from app.services.ports.messaging import OutboxRepository
+from app.services.ports.webhooks import WebhookRepository
 
 
 class ConcurrentUpdate(Exception):  # noqa: N818 - the vocabulary of the port
@@ -345,6 +346,9 @@ class UnitOfWork(Protocol):
 
     @property
     def audit(self) -> AuditLog: ...
+
+    @property
+    def webhooks(self) -> WebhookRepository: ...
 
     async def __aenter__(self) -> Self: ...
 

@@ -1,11 +1,12 @@
-"""``payments-admin``: manage merchants and API keys (docs/api.md, "Authentication"), and
-settle unknown bank outcomes on demand (docs/runbook.md).
+"""``payments-admin``: manage merchants and API keys (docs/api.md, "Authentication"),
+merchants' webhook endpoints (docs/webhooks.md), and settle unknown bank outcomes on
+demand (docs/runbook.md).
 
 Reads the same configuration as the service (``DATABASE_URL``, ``.env``). Prints a
-generated key once, at creation, and otherwise never a key or its digest: keys are shown
-by id and prefix. Listings print a table, or JSON with ``--json``. Every error is one line
-on stderr and a non-zero exit status: :data:`EXIT_REFUSED`, :data:`EXIT_USAGE`,
-:data:`EXIT_DATABASE` or :data:`EXIT_UNEXPECTED`.
+generated key or webhook secret once, at creation, and otherwise never a key, its digest
+or a secret: keys are shown by id and prefix. Listings print a table, or JSON with
+``--json``. Every error is one line on stderr and a non-zero exit status:
+:data:`EXIT_REFUSED`, :data:`EXIT_USAGE`, :data:`EXIT_DATABASE` or :data:`EXIT_UNEXPECTED`.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 import pydantic
@@ -25,10 +27,12 @@ import sqlalchemy.exc
 from app.adapters.bank import build_bank_gateway
 from app.adapters.db.engine import build_engine, database_unavailable
 from app.core.config import Settings, get_settings
+from app.dispatcher import build_admin
 from app.domain.errors import PaymentServiceError
 from app.domain.merchants import Merchant
+from app.domain.webhooks import WebhookEndpoint
 from app.main import build_services
-from app.services import merchants
+from app.services import merchants, webhooks
 from app.services.context import ServiceContext
 from app.services.merchants import ApiKeySummary
 from app.services.reconciliation import ReconcileReport, reconcile_once
@@ -159,6 +163,92 @@ async def _list_keys(ctx: ServiceContext, args: argparse.Namespace, _settings: S
     return _json([_key_json(key) for key in keys]) if args.json else _keys_table(keys)
 
 
+async def _add_webhook(ctx: ServiceContext, args: argparse.Namespace, settings: Settings) -> str:
+    issued = await webhooks.add_endpoint(
+        build_admin(settings, ctx.uow_factory),
+        merchant_id=args.merchant_id,
+        url=args.url,
+        event_types=(args.events or "").split(","),
+    )
+    return (
+        f"added webhook {issued.endpoint.endpoint_id} for {args.merchant_id}\n"
+        f"signing_secret: {issued.secret}"
+    )
+
+
+async def _list_webhooks(ctx: ServiceContext, args: argparse.Namespace, settings: Settings) -> str:
+    endpoints = await webhooks.list_endpoints(
+        build_admin(settings, ctx.uow_factory), merchant_id=args.merchant_id
+    )
+    if args.json:
+        return _json([_endpoint_json(endpoint) for endpoint in endpoints])
+    if not endpoints:
+        return "no webhooks"
+    return _table(
+        [
+            ("ENDPOINT_ID", "STATUS", "EVENTS", "URL", "CREATED_AT", "FAILING_SINCE"),
+            *(
+                (
+                    e.endpoint_id,
+                    e.status.value,
+                    ",".join(sorted(e.event_types)) or "*",
+                    e.url,
+                    _when(e.created_at),
+                    _when(e.failing_since),
+                )
+                for e in endpoints
+            ),
+        ]
+    )
+
+
+async def _remove_webhook(ctx: ServiceContext, args: argparse.Namespace, settings: Settings) -> str:
+    endpoint = await webhooks.remove_endpoint(
+        build_admin(settings, ctx.uow_factory), endpoint_id=args.endpoint_id
+    )
+    return f"removed webhook {endpoint.endpoint_id} of {endpoint.merchant_id}"
+
+
+async def _enable_webhook(ctx: ServiceContext, args: argparse.Namespace, settings: Settings) -> str:
+    endpoint = await webhooks.enable_endpoint(
+        build_admin(settings, ctx.uow_factory), endpoint_id=args.endpoint_id
+    )
+    return f"enabled webhook {endpoint.endpoint_id} of {endpoint.merchant_id}"
+
+
+async def _rotate_webhook_secret(
+    ctx: ServiceContext, args: argparse.Namespace, settings: Settings
+) -> str:
+    issued = await webhooks.rotate_secret(
+        build_admin(settings, ctx.uow_factory), endpoint_id=args.endpoint_id
+    )
+    expires = issued.endpoint.previous_secret_expires_at
+    grace = f"; the old secret also signs until {_when(expires)}" if expires else ""
+    return (
+        f"rotated the secret of {issued.endpoint.endpoint_id}{grace}\n"
+        f"signing_secret: {issued.secret}"
+    )
+
+
+async def _replay_webhooks(
+    ctx: ServiceContext, args: argparse.Namespace, settings: Settings
+) -> str:
+    now = datetime.now(UTC)
+    since = args.since(now)
+    until = args.until(now) if args.until else None
+    queued = await webhooks.replay(
+        build_admin(settings, ctx.uow_factory),
+        merchant_id=args.merchant_id,
+        since=since,
+        until=until,
+        endpoint_id=args.endpoint_id,
+    )
+    return (
+        f"queued {queued} deliveries of {args.merchant_id}'s events from {_when(since)} "
+        f"to {_when(until or now)}"
+    )
+
+
 def _describe(report: ReconcileReport) -> str:
     settled = ", ".join(
         f"{count} {kind} {outcome}" for (kind, outcome), count in sorted(report.settled.items())
@@ -221,6 +311,22 @@ def _key_json(key: ApiKeySummary) -> dict[str, Any]:
         "status": "active" if key.active else "revoked",
         "created_at": _iso(key.created_at),
         "revoked_at": _iso(key.revoked_at),
+    }
+
+
+def _endpoint_json(endpoint: WebhookEndpoint) -> dict[str, Any]:
+    # Field by field: never a secret, sealed or not.
+    return {
+        "endpoint_id": endpoint.endpoint_id,
+        "merchant_id": endpoint.merchant_id,
+        "url": endpoint.url,
+        "events": sorted(endpoint.event_types),
+        "status": endpoint.status.value,
+        "disabled_reason": endpoint.disabled_reason,
+        "failing_since": _iso(endpoint.failing_since),
+        "previous_secret_expires_at": _iso(endpoint.previous_secret_expires_at),
+        "created_at": _iso(endpoint.created_at),
+        "updated_at": _iso(endpoint.updated_at),
     }
 
 
@@ -305,6 +411,8 @@ def _parser() -> argparse.ArgumentParser:
     whose.add_argument("--merchant", metavar="MERCHANT_ID", help="the same, as an option")
     keys.set_defaults(run=_list_keys)
 
+    _add_webhook_commands(commands, as_json)
+
     reconcile = commands.add_parser(
         "reconcile",
         help="settle payments and refunds whose bank answer is unknown, from the bank's "
@@ -315,6 +423,74 @@ def _parser() -> argparse.ArgumentParser:
     )
     reconcile.set_defaults(run=_reconcile)
     return parser
+
+
+_RELATIVE = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def _instant(text: str) -> Callable[[datetime], datetime]:
+    """An RFC 3339 instant, or a duration before now (``90m``, ``6h``, ``3d``)."""
+    if match := _RELATIVE.fullmatch(text.strip()):
+        delta = timedelta(**{_UNITS[match[2]]: int(match[1])})
+        return lambda now: now - delta
+    try:
+        at = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            "not an instant: use RFC 3339 (2026-12-04T10:00:00Z) or a duration (6h, 3d)"
+        ) from None
+    if at.tzinfo is None:
+        raise argparse.ArgumentTypeError("give the instant's offset (Z or +hh:mm)")
+    return lambda _now: at
+
+
+def _add_webhook_commands(commands: Any, as_json: argparse.ArgumentParser) -> None:
+    add = commands.add_parser(
+        "add-webhook",
+        help="register a merchant's webhook endpoint (HTTPS; prints its signing secret once)",
+    )
+    add.add_argument("merchant_id")
+    add.add_argument("url")
+    add.add_argument(
+        "--events",
+        help="comma-separated event types (default: every type), e.g. "
+        "payment.captured,refund.succeeded",
+    )
+    add.set_defaults(run=_add_webhook)
+
+    listing = commands.add_parser(
+        "list-webhooks", parents=[as_json], help="a merchant's webhook endpoints (never a secret)"
+    )
+    listing.add_argument("merchant_id")
+    listing.set_defaults(run=_list_webhooks)
+
+    for name, run, verb in (
+        ("remove-webhook", _remove_webhook, "stop delivering to an endpoint, for good"),
+        ("enable-webhook", _enable_webhook, "deliver to a disabled endpoint again"),
+        (
+            "rotate-webhook-secret",
+            _rotate_webhook_secret,
+            "give an endpoint a new secret (printed once); the old one also signs for "
+            "WEBHOOK_SECRET_GRACE_S",
+        ),
+    ):
+        command = commands.add_parser(name, help=verb)
+        command.add_argument("endpoint_id")
+        command.set_defaults(run=run)
+
+    replay = commands.add_parser(
+        "replay-webhooks", help="send a merchant's recorded events of a time range again"
+    )
+    replay.add_argument("merchant_id")
+    replay.add_argument(
+        "--since", type=_instant, required=True, help="RFC 3339 instant, or a duration ago (6h)"
+    )
+    replay.add_argument("--until", type=_instant, help="default: now")
+    replay.add_argument(
+        "--endpoint", dest="endpoint_id", metavar="ENDPOINT_ID", help="only this endpoint"
+    )
+    replay.set_defaults(run=_replay_webhooks)
 
 
 def _key_id(text: str) -> uuid.UUID:

@@ -172,6 +172,59 @@ RETENTION_PURGED: Final = MetricSpec(
     "Rows deleted past their retention (idempotency_keys, outbox_events).",
 )
 
+WEBHOOK_EVENTS: Final = MetricSpec(
+    "webhooks.events",
+    "count",
+    ("outcome",),
+    "event",
+    "Events the webhook dispatcher read from the topic (outcome:read), and the deliveries "
+    "it recorded for them (outcome:matched): one per event and endpoint that wants it.",
+)
+WEBHOOK_DELIVERIES: Final = MetricSpec(
+    "webhooks.deliveries",
+    "count",
+    ("outcome", "event_type", "error"),
+    "attempt",
+    "POSTs of webhook deliveries, by outcome: delivered (2xx), retrying (failed, tried "
+    "again later), given_up (failed past the retry window); error is the status "
+    "(http_500) or class (timeout, connection_error, target_refused).",
+)
+WEBHOOK_ATTEMPT_LATENCY: Final = MetricSpec(
+    "webhooks.attempt.latency",
+    "distribution",
+    ("outcome",),
+    "millisecond",
+    "Time of one webhook POST, connection included, until the status line (or the error).",
+)
+WEBHOOK_DELIVERY_LAG: Final = MetricSpec(
+    "webhooks.delivery_lag",
+    "distribution",
+    (),
+    "millisecond",
+    "From an event's commit to the merchant's 2xx for it (retries included).",
+)
+WEBHOOK_BACKLOG_PENDING: Final = MetricSpec(
+    "webhooks.backlog.pending",
+    "gauge",
+    ("endpoint_id", "merchant_id"),
+    "delivery",
+    "Deliveries waiting for an enabled endpoint's 2xx (first attempt or retry).",
+)
+WEBHOOK_BACKLOG_AGE: Final = MetricSpec(
+    "webhooks.backlog.oldest_age_s",
+    "gauge",
+    ("endpoint_id", "merchant_id"),
+    "second",
+    "Age of an endpoint's oldest pending delivery (sent while it has any).",
+)
+WEBHOOK_ENDPOINTS_DISABLED: Final = MetricSpec(
+    "webhooks.endpoints.disabled",
+    "count",
+    (),
+    "endpoint",
+    "Endpoints disabled by the dispatcher after failing for the whole retry window.",
+)
+
 CATALOGUE: Final[tuple[MetricSpec, ...]] = (
     PAYMENTS_PROCESSED,
     PAYMENTS_AMOUNT,
@@ -188,6 +241,13 @@ CATALOGUE: Final[tuple[MetricSpec, ...]] = (
     RECONCILE_OLDEST_AGE,
     RECONCILE_SETTLED,
     RETENTION_PURGED,
+    WEBHOOK_EVENTS,
+    WEBHOOK_DELIVERIES,
+    WEBHOOK_ATTEMPT_LATENCY,
+    WEBHOOK_DELIVERY_LAG,
+    WEBHOOK_BACKLOG_PENDING,
+    WEBHOOK_BACKLOG_AGE,
+    WEBHOOK_ENDPOINTS_DISABLED,
 )
 """Every metric the service emits, and nothing else."""
 
@@ -353,6 +413,49 @@ class PaymentMetrics:
         """Rows past their retention were deleted."""
         if self._statsd is not None:
             self._statsd.increment(RETENTION_PURGED.name, rows, tags=_tags(table=table))
+
+    def webhook_events(self, *, recorded: int, deliveries: int) -> None:
+        """The dispatcher read events and recorded deliveries for them."""
+        statsd = self._statsd
+        if statsd is None:
+            return
+        statsd.increment(WEBHOOK_EVENTS.name, recorded, tags=_tags(outcome="read"))
+        if deliveries:
+            statsd.increment(WEBHOOK_EVENTS.name, deliveries, tags=_tags(outcome="matched"))
+
+    def webhook_attempt(
+        self, *, outcome: str, event_type: str, seconds: float, error: str | None
+    ) -> None:
+        """One POST of a delivery."""
+        statsd = self._statsd
+        if statsd is None:
+            return
+        statsd.increment(
+            WEBHOOK_DELIVERIES.name, tags=_tags(outcome=outcome, event_type=event_type, error=error)
+        )
+        statsd.distribution(
+            WEBHOOK_ATTEMPT_LATENCY.name, seconds * 1000.0, tags=_tags(outcome=outcome)
+        )
+
+    def webhook_delivery_lag(self, *, seconds: float) -> None:
+        """A delivery was acknowledged this long after its event's commit."""
+        if self._statsd is not None:
+            self._statsd.distribution(WEBHOOK_DELIVERY_LAG.name, seconds * 1000.0)
+
+    def webhook_backlog(self, backlog: list[tuple[str, str, int, float]]) -> None:
+        """Per endpoint: pending deliveries and the oldest's age."""
+        statsd = self._statsd
+        if statsd is None:
+            return
+        for endpoint_id, merchant_id, pending, oldest_age_s in backlog:
+            tags = _tags(endpoint_id=endpoint_id, merchant_id=merchant_id)
+            statsd.gauge(WEBHOOK_BACKLOG_PENDING.name, pending, tags=tags)
+            statsd.gauge(WEBHOOK_BACKLOG_AGE.name, round(oldest_age_s, 3), tags=tags)
+
+    def webhook_endpoint_disabled(self) -> None:
+        """An endpoint was disabled after failing for the whole retry window."""
+        if self._statsd is not None:
+            self._statsd.increment(WEBHOOK_ENDPOINTS_DISABLED.name)
 
     def close(self) -> None:
         """Flush and close the socket."""

@@ -103,6 +103,28 @@ class Settings(BaseSettings):
     purge_batch_size: int = Field(default=500, ge=1, le=100_000)
     outbox_retention_s: float = Field(default=7 * 24 * 3600.0, ge=0)
 
+    # Webhooks (docs/webhooks.md): the dispatcher process (payments-webhooks) consumes the
+    # events topic in this group, records deliveries and POSTs them, retrying failures
+    # with exponential backoff and jitter for the retry window.
+    webhook_consumer_group: str = "payments-webhooks"
+    webhook_consumer_batch: int = Field(default=500, ge=1, le=10_000)
+    webhook_session_timeout_s: float = Field(default=10.0, ge=6.0, le=300.0)
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=30.0)
+    webhook_connect_timeout_s: float = Field(default=2.0, gt=0)
+    webhook_max_connections: int = Field(default=100, ge=1)
+    webhook_response_limit_bytes: int = Field(default=4096, ge=0, le=1024 * 1024)
+    webhook_batch_size: int = Field(default=50, ge=1, le=1000)
+    webhook_poll_interval_s: float = Field(default=0.5, gt=0)
+    webhook_retry_first_s: float = Field(default=5.0, gt=0)
+    webhook_retry_max_interval_s: float = Field(default=6 * 3600.0, gt=0)
+    webhook_retry_window_s: float = Field(default=3 * 24 * 3600.0, gt=0)
+    webhook_ordered_attempts: int = Field(default=3, ge=0)
+    webhook_secret_grace_s: float = Field(default=24 * 3600.0, ge=0)
+    webhook_retention_s: float = Field(default=30 * 24 * 3600.0, gt=0)
+    # Deliver to http:// and to loopback or private addresses: for laptops and tests only
+    # (None: allowed except in production, where it is always refused).
+    webhook_allow_private_targets: bool | None = None
+
     # Card vault: AES-256-GCM keys "kid:base64,kid:base64", the one used for new rows,
     # and the HMAC key for card fingerprints. Development material is refused in production.
     card_encryption_keys: SecretStr = SecretStr(DEVELOPMENT_KEYS_SPEC)
@@ -181,6 +203,8 @@ class Settings(BaseSettings):
             problems.append("BANK_API_URL is not set (the in-process simulator is for development)")
         if not self.kafka_bootstrap_servers:
             problems.append("KAFKA_BOOTSTRAP_SERVERS is not set")
+        if self.webhook_allow_private_targets:
+            problems.append("WEBHOOK_ALLOW_PRIVATE_TARGETS is on (SSRF protection is off)")
         if problems:
             raise ValueError("refusing to start in production: " + "; ".join(problems))
         return self
@@ -189,6 +213,15 @@ class Settings(BaseSettings):
     def datadog_env(self) -> str:
         """The ``env`` tag on traces, logs and metrics: DD_ENV, else the APP_ENV profile."""
         return self.dd_env or self.environment.value
+
+    @property
+    def webhooks_private_targets_allowed(self) -> bool:
+        """Whether webhooks may go to http:// URLs and non-public addresses."""
+        if self.environment is Environment.PRODUCTION:
+            return False
+        if self.webhook_allow_private_targets is None:
+            return True
+        return self.webhook_allow_private_targets
 
     @property
     def sync_database_url(self) -> str:

@@ -30,6 +30,8 @@ class PeriodicTask:
         self._job = job
         self._interval_s = interval_s
         self._stopping = asyncio.Event()
+        # Set to end a pause early: by stop(), or by wake() when work has arrived.
+        self._nudged = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -43,12 +45,17 @@ class PeriodicTask:
             self._stopping.clear()
             self._task = asyncio.create_task(self._run(), name=self._name)
 
+    def wake(self) -> None:
+        """Run the job now rather than after the pause (work has just arrived)."""
+        self._nudged.set()
+
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop after the run in progress (cancelled if it takes longer than ``grace_s``)."""
         task, self._task = self._task, None
         if task is None:
             return
         self._stopping.set()
+        self._nudged.set()
         done, _ = await asyncio.wait({task}, timeout=grace_s)
         if not done:
             logger.warning("%s did not finish its run in %.0f s; cancelling", self._name, grace_s)
@@ -60,6 +67,7 @@ class PeriodicTask:
         failures = 0
         while not self._stopping.is_set():
             more = False
+            self._nudged.clear()
             try:
                 more = await self._job()
             except Exception as exc:
@@ -82,4 +90,4 @@ class PeriodicTask:
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
-                await self._stopping.wait()
+                await self._nudged.wait()

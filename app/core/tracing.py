@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 
 from app.core.config import Settings
 
 if TYPE_CHECKING:
-    from ddtrace.trace import Tracer
+    from ddtrace.trace import Context, Tracer
 
 logger = logging.getLogger(__name__)
 
@@ -95,3 +96,14 @@ def log_tracing_state(settings: Settings) -> None:
         ", ".join(enabled_integrations()),
         "on" if ddtrace.config._data_streams_enabled else "off (DD_DATA_STREAMS_ENABLED)",
     )
+
+
+def context_from_headers(headers: Mapping[str, str]) -> Context | None:
+    """The trace context carried in message headers (``x-datadog-*``, ``traceparent``),
+    if tracing is on and they carry one."""
+    if _tracer is None or not headers:
+        return None
+    from ddtrace.propagation.http import HTTPPropagator
+
+    context = HTTPPropagator.extract(dict(headers))  # type: ignore[no-untyped-call]
+    return context if context.trace_id else None

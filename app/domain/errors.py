@@ -327,6 +327,23 @@ class ApiKeyNotFound(PaymentServiceError):
     default_detail: ClassVar[str] = "No such API key was found."
 
 
+class WebhookTargetRefused(ValidationFailed):
+    """A webhook URL that may not be delivered to (SSRF protection, HTTPS only)."""
+
+    code: ClassVar[str] = "webhook_target_refused"
+    title: ClassVar[str] = "Webhook target refused"
+    default_detail: ClassVar[str] = "This URL may not receive webhooks."
+    default_field: ClassVar[str] = "url"
+
+
+class WebhookEndpointNotFound(PaymentServiceError):
+    """No webhook endpoint with this id (admin CLI)."""
+
+    code: ClassVar[str] = "webhook_endpoint_not_found"
+    title: ClassVar[str] = "Webhook endpoint not found"
+    default_detail: ClassVar[str] = "No such webhook endpoint was found."
+
+
 HTTP_ERROR_CODES: frozenset[str] = frozenset(
     {"malformed_json", "payload_too_large", "internal_error", "not_found", "method_not_allowed"}
 )

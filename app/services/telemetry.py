@@ -10,11 +10,11 @@ digits never go on a span, and :func:`span` refuses tag names that say they woul
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Final
 
-from app.core.tracing import active_tracer
+from app.core.tracing import active_tracer, context_from_headers
 
 if TYPE_CHECKING:
     from ddtrace.trace import Span
@@ -57,13 +57,18 @@ def _check_tag_name(key: str) -> None:
 
 
 @contextmanager
-def span(name: str, **tags: TagValue) -> Iterator[FlowSpan]:
-    """Trace a step of the flow as ``name`` (also its resource), with these tags."""
+def span(
+    name: str, *, links_to: Mapping[str, str] | None = None, **tags: TagValue
+) -> Iterator[FlowSpan]:
+    """Trace a step of the flow as ``name`` (also its resource), with these tags; with
+    ``links_to``, trace headers (a Kafka message's), the span links to their trace."""
     tracer = active_tracer()
     if tracer is None:
         yield _NOT_TRACED
         return
     with tracer.trace(name, resource=name) as current:
+        if links_to and (linked := context_from_headers(links_to)) is not None:
+            current.link_span(linked, attributes={"link.kind": "event"})
         flow = FlowSpan(current)
         flow.tag(**tags)
         yield flow

@@ -27,6 +27,8 @@ from app.domain.errors import (
     Unauthorized,
     UnknownCurrency,
     ValidationFailed,
+    WebhookEndpointNotFound,
+    WebhookTargetRefused,
 )
 from app.domain.money import Money
 
@@ -51,6 +53,8 @@ EXPECTED_CODES = {
     InvalidTransition: "invalid_transition",
     MerchantNotFound: "merchant_not_found",
     ApiKeyNotFound: "api_key_not_found",
+    WebhookEndpointNotFound: "webhook_endpoint_not_found",
+    WebhookTargetRefused: "webhook_target_refused",
 }
 
 

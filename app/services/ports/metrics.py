@@ -69,6 +69,28 @@ class Metrics(Protocol):
         """Rows past their retention were deleted."""
         ...
 
+    def webhook_events(self, *, recorded: int, deliveries: int) -> None:
+        """The dispatcher read ``recorded`` events and recorded ``deliveries`` for them."""
+        ...
+
+    def webhook_attempt(
+        self, *, outcome: str, event_type: str, seconds: float, error: str | None
+    ) -> None:
+        """One POST of a delivery: ``delivered``, ``retrying`` or ``given_up``."""
+        ...
+
+    def webhook_delivery_lag(self, *, seconds: float) -> None:
+        """A delivery was acknowledged this long after its event was committed."""
+        ...
+
+    def webhook_backlog(self, backlog: list[tuple[str, str, int, float]]) -> None:
+        """Per endpoint (id, merchant): pending deliveries and the oldest's age."""
+        ...
+
+    def webhook_endpoint_disabled(self) -> None:
+        """An endpoint failed for the whole retry window and was disabled."""
+        ...
+
 
 class NoMetrics:
     """Metrics that go nowhere."""
@@ -118,4 +140,21 @@ class NoMetrics:
         """Nothing is sent."""
 
     def purged(self, *, table: str, rows: int) -> None:
+        """Nothing is sent."""
+
+    def webhook_events(self, *, recorded: int, deliveries: int) -> None:
+        """Nothing is sent."""
+
+    def webhook_attempt(
+        self, *, outcome: str, event_type: str, seconds: float, error: str | None
+    ) -> None:
+        """Nothing is sent."""
+
+    def webhook_delivery_lag(self, *, seconds: float) -> None:
+        """Nothing is sent."""
+
+    def webhook_backlog(self, backlog: list[tuple[str, str, int, float]]) -> None:
+        """Nothing is sent."""
+
+    def webhook_endpoint_disabled(self) -> None:
         """Nothing is sent."""

@@ -31,11 +31,10 @@ migrate: install ## Apply migrations (alembic upgrade head) to DATABASE_URL
 	@$(UV) run --frozen alembic upgrade head
 
 .PHONY: run
-run: install ## Serve the API on 127.0.0.1:8000 (starts PostgreSQL unless DATABASE_URL is set)
+run: install ## Serve the API on 127.0.0.1:8000 and run the webhook dispatcher (starts PostgreSQL unless DATABASE_URL is set)
 	@if [ -z "$${DATABASE_URL:-}" ]; then bash scripts/stack.sh up postgres; fi
 	@$(UV) run --frozen alembic upgrade head
-	@exec $(UV) run --frozen uvicorn app.main:create_app --factory --host $(HOST) --port $(PORT) \
-		--workers $(WORKERS) --no-access-log --timeout-graceful-shutdown 20
+	@HOST=$(HOST) PORT=$(PORT) WORKERS=$(WORKERS) exec bash scripts/run_dev.sh
 
 .PHONY: test
 test: install ## Run the whole suite with coverage against the local stack

@@ -34,9 +34,14 @@ from typing import Any
 import httpx
 import pytest
 
+from app.adapters.db.unit_of_work import SqlUnitOfWork
 from app.core.config import Settings
-from tests.conftest import MerchantCredentials, payment_body
+from app.dispatcher import build_admin
+from app.services import webhooks
+from tests.conftest import MerchantCredentials, make_settings, payment_body
+from tests.e2e.test_webhooks import DispatcherProcess, start_group_at_end
 from tests.integration.test_outbox_relay import KAFKA, tail_topic
+from tests.webhook_receiver import Receiver
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_AGENT = os.environ.get("DD_TEST_AGENT_URL", "http://127.0.0.1:8126")
@@ -603,3 +608,92 @@ async def test_events_carry_the_trace_context_and_the_data_streams_pathway(
     assert set(headers) - {"event_type", "event_id", "correlation_id"} <= TRACE_HEADERS
 
     assert_no_card_data(server.traces(), *secrets_of(VISA))
+
+
+async def test_a_webhook_delivery_is_a_span_linked_to_its_events_trace(
+    traced_server: Callable[..., TracedServer],
+    merchant: MerchantCredentials,
+    uow_factory: Callable[[], SqlUnitOfWork],
+) -> None:
+    """The dispatcher (its own process, traced) opens a ``webhook.deliver`` span per POST,
+    linked to the trace that published the event; no trace header reaches the merchant."""
+    group = f"webhooks-tracing-{uuid.uuid4().hex[:8]}"
+    await start_group_at_end(group)
+    receiver = Receiver()
+    await receiver.start()
+    issued = await webhooks.add_endpoint(
+        build_admin(make_settings(webhook_allow_private_targets=True), uow_factory),
+        merchant_id=merchant.merchant_id,
+        url=receiver.url,
+    )
+    receiver.secrets = [issued.secret]
+    server = traced_server(KAFKA_BOOTSTRAP_SERVERS=KAFKA, OUTBOX_RELAY_INTERVAL_S="0.2")
+    env = {
+        "APP_ENV": "test",
+        "DATABASE_URL": make_settings().database_url,
+        "KAFKA_BOOTSTRAP_SERVERS": KAFKA,
+        "WEBHOOK_CONSUMER_GROUP": group,
+        "WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",
+        "DD_TRACE_ENABLED": "true",
+        "DD_TRACE_AGENT_URL": TEST_AGENT,
+        "DD_SERVICE": SERVICE,
+        "DD_ENV": server.env,
+        "DD_VERSION": VERSION,
+        "DD_INSTRUMENTATION_TELEMETRY_ENABLED": "false",
+        "DD_REMOTE_CONFIGURATION_ENABLED": "false",
+        "METRICS_ENABLED": "false",
+        "_DD_TRACE_WRITER_ADDITIONAL_HEADERS": f"X-Datadog-Test-Session-Token:{server.token}",
+    }
+    dispatcher = DispatcherProcess(env, "traced-dispatcher")
+    dispatcher.start()
+    try:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
+            deadline = time.monotonic() + 60
+            while (await http.get("/health")).json()["checks"]["kafka"]["status"] != "up":
+                assert time.monotonic() < deadline, "Kafka never became healthy for the server"
+                await asyncio.sleep(0.2)
+            async with tail_topic() as tail:
+                body = payment_body(merchant.merchant_id, card_number=VISA)
+                body["card_data"] = card(VISA)
+                paid = await http.post(PAY, json=body, headers=merchant.headers)
+                assert paid.status_code == 200, paid.text
+                txn = paid.json()["transaction_id"]
+                await tail.read_until(lambda records: any(r.key == txn for r in records))
+                (record,) = [r for r in tail.records if r.key == txn]
+            deadline = time.monotonic() + 30
+            while not receiver.deliveries:
+                assert time.monotonic() < deadline, dispatcher.log()[-3000:]
+                await asyncio.sleep(0.1)
+        delivery = await asyncio.to_thread(
+            server.wait_for_trace,
+            has_span("webhook.deliver", event_id=record.body["event_id"]),
+            "a webhook delivery",
+        )
+    finally:
+        await asyncio.to_thread(dispatcher.stop)
+        dispatcher.log_path.unlink(missing_ok=True)
+        await receiver.stop()
+
+    span = one(delivery, "webhook.deliver")
+    assert span["meta"]["outcome"] == "delivered"
+    assert span["meta"]["http_status_code"] == "204"
+    assert span["meta"]["endpoint_id"] == issued.endpoint.endpoint_id
+    links = span_links(span)
+    assert [(link["trace_id"], link["span_id"]) for link in links] == [
+        (int(record.headers["x-datadog-trace-id"]), int(record.headers["x-datadog-parent-id"]))
+    ]
+    assert not {h for h in receiver.deliveries[0].headers if h.startswith(("x-datadog", "trace"))}
+    assert_no_card_data(server.traces(), *secrets_of(VISA))
+
+
+def span_links(span: Span) -> list[dict[str, int]]:
+    """A span's links as ``trace_id``/``span_id`` (lower 64 bits), however they were sent."""
+    raw = span.get("span_links") or json.loads(span.get("meta", {}).get("_dd.span_links", "[]"))
+    links = []
+    for link in raw:
+        trace_id = link["trace_id"]
+        trace_id = int(trace_id, 16) if isinstance(trace_id, str) else int(trace_id)
+        span_id = link["span_id"]
+        span_id = int(span_id, 16) if isinstance(span_id, str) else int(span_id)
+        links.append({"trace_id": trace_id & (2**64 - 1), "span_id": span_id})
+    return links

@@ -11,18 +11,24 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
 
+from app.adapters.db.unit_of_work import SqlUnitOfWork
 from app.adapters.metrics import CATALOGUE, PREFIX
 from app.core.config import Settings
+from app.dispatcher import WebhookDispatcher, build_admin
+from app.services import webhooks
 from tests.conftest import MerchantCredentials, make_settings, payment_body
 from tests.e2e.in_process_app import running_app
 from tests.e2e.test_events_kafka import kafka_health_is
+from tests.e2e.test_webhooks import start_group_at_end
 from tests.integration.test_outbox_relay import KAFKA
+from tests.webhook_receiver import Receiver
 
 PAY = "/api/v1/payments/process"
 FAST_BANK_CALLS: dict[str, object] = {
@@ -428,3 +434,74 @@ def test_every_catalogued_metric_has_a_type_tags_and_a_description() -> None:
         assert spec.type in STATSD_TYPES.values()
         assert spec.description
         assert {"merchant_id", "transaction_id", "refund_id"}.isdisjoint(spec.tags)
+
+
+async def test_the_webhook_dispatcher_counts_deliveries_and_reports_each_endpoints_backlog(
+    merchant: MerchantCredentials,
+    statsd: StatsdListener,
+    uow_factory: Callable[[], SqlUnitOfWork],
+) -> None:
+    statsd.clear()
+    group = f"webhooks-metrics-{uuid.uuid4().hex[:8]}"
+    await start_group_at_end(group)
+    settings = metrics_settings(
+        statsd,
+        kafka_bootstrap_servers=KAFKA,
+        outbox_relay_interval_s=0.1,
+        webhook_consumer_group=group,
+        webhook_allow_private_targets=True,
+        webhook_poll_interval_s=0.1,
+        webhook_retry_first_s=0.2,
+        webhook_retry_max_interval_s=0.5,
+    )
+    receiver = Receiver()
+    await receiver.start()
+    issued = await webhooks.add_endpoint(
+        build_admin(settings, uow_factory), merchant_id=merchant.merchant_id, url=receiver.url
+    )
+    receiver.secrets = [issued.secret]
+    dispatcher = WebhookDispatcher(settings)
+    await dispatcher.start()
+    try:
+        async with running_app(settings) as http:
+            await kafka_health_is(http, "up")
+            paid = await http.post(PAY, json=payment_body(), headers=merchant.headers)
+            assert paid.status_code == 200
+            delivered = await statsd.wait_for(
+                named("webhooks.deliveries", outcome="delivered", event_type="payment.captured"),
+                "a delivered webhook",
+                timeout_s=20,
+            )
+            assert delivered.value == 1
+            await statsd.wait_for(named("webhooks.events", outcome="matched"), "a matched event")
+            lag = await statsd.wait_for(named("webhooks.delivery_lag"), "commit to delivery")
+            assert 0 < lag.value < 20_000
+            await statsd.wait_for(named("webhooks.attempt.latency", outcome="delivered"), "latency")
+
+            receiver.status = 503  # the merchant fails: a backlog builds up for its endpoint
+            paid = await http.post(PAY, json=payment_body(), headers=merchant.headers)
+            assert paid.status_code == 200
+            await statsd.wait_for(
+                named("webhooks.deliveries", outcome="retrying", error="http_503"), "a retry"
+            )
+            backlog = await statsd.wait_for(
+                lambda m: (
+                    named("webhooks.backlog.pending", endpoint_id=issued.endpoint.endpoint_id)(m)
+                    and m.value == 1
+                ),
+                "the endpoint's backlog",
+            )
+            assert backlog.tags["merchant_id"] == merchant.merchant_id
+            age = await statsd.wait_for(
+                lambda m: named("webhooks.backlog.oldest_age_s")(m) and m.value > 0, "its age"
+            )
+            assert age.tags["endpoint_id"] == issued.endpoint.endpoint_id
+    finally:
+        await dispatcher.stop()
+        await receiver.stop()
+    per_endpoint = {"webhooks.backlog.pending", "webhooks.backlog.oldest_age_s"}
+    assert_catalogued_and_bounded(
+        [m for m in statsd.received if m.name.removeprefix(f"{PREFIX}.") not in per_endpoint],
+        merchant.merchant_id,
+    )
+    assert_catalogued_and_bounded(statsd.received)

@@ -91,7 +91,9 @@ class HttpWebhookSender:
             connector = aiohttp.TCPConnector(
                 limit=self._max_connections,
                 resolver=GuardedResolver(self._rules, self._inner_resolver),
-                ttl_dns_cache=None if self._rules.public_only else 10,
+                # Answers are cached only after the guard passed them; a changed record
+                # is picked up (and checked again) within a minute.
+                ttl_dns_cache=60,
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,

@@ -209,6 +209,18 @@ async def _remove_webhook(ctx: ServiceContext, args: argparse.Namespace, setting
     return f"removed webhook {endpoint.endpoint_id} of {endpoint.merchant_id}"
 
 
+async def _disable_webhook(
+    ctx: ServiceContext, args: argparse.Namespace, settings: Settings
+) -> str:
+    endpoint = await webhooks.disable_endpoint(
+        build_admin(settings, ctx.uow_factory), endpoint_id=args.endpoint_id
+    )
+    return (
+        f"disabled webhook {endpoint.endpoint_id} of {endpoint.merchant_id} "
+        "(its events wait; enable-webhook sends them)"
+    )
+
+
 async def _enable_webhook(ctx: ServiceContext, args: argparse.Namespace, settings: Settings) -> str:
     endpoint = await webhooks.enable_endpoint(
         build_admin(settings, ctx.uow_factory), endpoint_id=args.endpoint_id
@@ -467,6 +479,11 @@ def _add_webhook_commands(commands: Any, as_json: argparse.ArgumentParser) -> No
 
     for name, run, verb in (
         ("remove-webhook", _remove_webhook, "stop delivering to an endpoint, for good"),
+        (
+            "disable-webhook",
+            _disable_webhook,
+            "stop delivering to an endpoint for now (its events wait)",
+        ),
         ("enable-webhook", _enable_webhook, "deliver to a disabled endpoint again"),
         (
             "rotate-webhook-secret",

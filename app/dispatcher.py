@@ -114,9 +114,13 @@ class WebhookDispatcher:
         )
         dispatch = self.dispatch
 
+        self.in_flight = webhooks.InFlight(
+            capacity=settings.webhook_max_in_flight, on_finished=lambda: self.sending.wake()
+        )
+        in_flight = self.in_flight
+
         async def deliver() -> bool:
-            sent = await webhooks.deliver_due(dispatch)
-            return sent.claimed >= dispatch.batch_size
+            return await webhooks.deliver_due(dispatch, in_flight)
 
         async def report() -> bool:
             await webhooks.report_backlog(dispatch)
@@ -133,10 +137,11 @@ class WebhookDispatcher:
         self.sending = PeriodicTask(
             "webhook-sender", deliver, interval_s=settings.webhook_poll_interval_s
         )
-        self.tasks = [
-            self.sending,
-            PeriodicTask("webhook-purger", purge, interval_s=settings.purge_interval_s),
-        ]
+        self.tasks = [self.sending]
+        if settings.purger_enabled:
+            self.tasks.append(
+                PeriodicTask("webhook-purger", purge, interval_s=settings.purge_interval_s)
+            )
         if self.metrics.enabled:
             self.tasks.append(
                 PeriodicTask(
@@ -187,6 +192,9 @@ class WebhookDispatcher:
             await self.consumer.stop(grace)
         for task in self.tasks:
             await task.stop(grace)
+        # The POSTs in flight finish, and their attempts are recorded.
+        await self.in_flight.wait(grace)
+        await webhooks.record_finished(self.dispatch, self.in_flight.take_finished())
         await self.sender.aclose()
         await self.engine.dispose()
         self.metrics.close()

@@ -7,8 +7,9 @@ meaning); the dashboards and monitors under ``deploy/datadog`` query exactly the
 :class:`PaymentMetrics` sends them with the ``datadog`` package's :class:`DogStatsd`
 client: one UDP datagram per call, on a non-blocking socket (a full buffer drops the
 datagram, never the request). Disabled (``METRICS_ENABLED`` false) every method returns at
-once. Tags are bounded: statuses, currencies, decline and failure codes, operations —
-never a transaction, refund or merchant id.
+once. Tags are bounded: statuses, currencies, decline and failure codes, operations,
+event types — never a transaction, refund or merchant id. The one id is a webhook
+endpoint's, on the per-endpoint backlog gauges (one series per endpoint with a backlog).
 
 :class:`MetricsReporter` is the background task, one per worker, that reports the gauges
 nobody's request would: the bank circuit state, the outbox backlog and what waits for the
@@ -206,14 +207,14 @@ WEBHOOK_DELIVERY_LAG: Final = MetricSpec(
 WEBHOOK_BACKLOG_PENDING: Final = MetricSpec(
     "webhooks.backlog.pending",
     "gauge",
-    ("endpoint_id", "merchant_id"),
+    ("endpoint_id",),
     "delivery",
     "Deliveries waiting for an enabled endpoint's 2xx (first attempt or retry).",
 )
 WEBHOOK_BACKLOG_AGE: Final = MetricSpec(
     "webhooks.backlog.oldest_age_s",
     "gauge",
-    ("endpoint_id", "merchant_id"),
+    ("endpoint_id",),
     "second",
     "Age of an endpoint's oldest pending delivery (sent while it has any).",
 )
@@ -267,6 +268,7 @@ class PaymentMetrics:
     def __init__(self, statsd: DogStatsd | None = None) -> None:
         """Wrap a DogStatsD client, or nothing (disabled)."""
         self._statsd = statsd
+        self._backlogged: set[str] = set()
 
     @classmethod
     def disabled(cls) -> PaymentMetrics:
@@ -442,15 +444,25 @@ class PaymentMetrics:
         if self._statsd is not None:
             self._statsd.distribution(WEBHOOK_DELIVERY_LAG.name, seconds * 1000.0)
 
-    def webhook_backlog(self, backlog: list[tuple[str, str, int, float]]) -> None:
-        """Per endpoint: pending deliveries and the oldest's age."""
+    def webhook_backlog(self, backlog: list[tuple[str, int, float]]) -> None:
+        """Per endpoint (its id only: a merchant id never goes in a tag): pending
+        deliveries and the oldest's age."""
         statsd = self._statsd
         if statsd is None:
             return
-        for endpoint_id, merchant_id, pending, oldest_age_s in backlog:
-            tags = _tags(endpoint_id=endpoint_id, merchant_id=merchant_id)
+        reported = set()
+        for endpoint_id, pending, oldest_age_s in backlog:
+            tags = _tags(endpoint_id=endpoint_id)
             statsd.gauge(WEBHOOK_BACKLOG_PENDING.name, pending, tags=tags)
             statsd.gauge(WEBHOOK_BACKLOG_AGE.name, round(oldest_age_s, 3), tags=tags)
+            reported.add(endpoint_id)
+        # An endpoint whose backlog drained since the last report is sent 0 once, so its
+        # series comes down rather than stopping at its last value.
+        for endpoint_id in self._backlogged - reported:
+            tags = _tags(endpoint_id=endpoint_id)
+            statsd.gauge(WEBHOOK_BACKLOG_PENDING.name, 0, tags=tags)
+            statsd.gauge(WEBHOOK_BACKLOG_AGE.name, 0, tags=tags)
+        self._backlogged = reported
 
     def webhook_endpoint_disabled(self) -> None:
         """An endpoint was disabled after failing for the whole retry window."""

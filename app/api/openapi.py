@@ -65,6 +65,8 @@ from app.domain.errors import (
     RefundExceedsBalance,
     ServiceUnavailable,
     Unauthorized,
+    WebhookEndpointNotFound,
+    WebhookTargetRefused,
 )
 from app.domain.money import Money
 
@@ -151,6 +153,8 @@ def _example_errors() -> dict[str, PaymentServiceError]:
         "invalid_transition": InvalidTransition("A captured payment is not waiting for the bank."),
         "merchant_not_found": MerchantNotFound("No merchant merchant_test_999."),
         "api_key_not_found": ApiKeyNotFound(),
+        "webhook_endpoint_not_found": WebhookEndpointNotFound(),
+        "webhook_target_refused": WebhookTargetRefused("webhooks are delivered over HTTPS only"),
     }
 
 

@@ -37,6 +37,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "invalid_transition": 409,
     "merchant_not_found": 404,
     "api_key_not_found": 404,
+    "webhook_endpoint_not_found": 404,
+    "webhook_target_refused": 422,
     "malformed_json": 400,
     "payload_too_large": 413,
     "not_found": 404,

@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     webhook_max_connections: int = Field(default=100, ge=1)
     webhook_response_limit_bytes: int = Field(default=4096, ge=0, le=1024 * 1024)
     webhook_batch_size: int = Field(default=50, ge=1, le=1000)
+    # POSTs one dispatcher keeps in flight at once (a slow endpoint holds only its own).
+    webhook_max_in_flight: int = Field(default=200, ge=1, le=10_000)
     webhook_poll_interval_s: float = Field(default=0.5, gt=0)
     webhook_retry_first_s: float = Field(default=5.0, gt=0)
     webhook_retry_max_interval_s: float = Field(default=6 * 3600.0, gt=0)

@@ -15,7 +15,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -170,6 +170,8 @@ async def _change(
     endpoint_id: str,
     action: str,
     change: Callable[[WebhookEndpoint, datetime], WebhookEndpoint],
+    *,
+    abandon_pending: bool = False,
     **details: Any,
 ) -> WebhookEndpoint:
     now = admin.clock()
@@ -179,13 +181,18 @@ async def _change(
             raise WebhookEndpointNotFound(f"No webhook endpoint {endpoint_id}.")
         changed = dataclasses.replace(change(endpoint, now), updated_at=now)
         uow.webhooks.update_endpoint(changed)
+        if abandon_pending:
+            details["abandoned_deliveries"] = await uow.webhooks.abandon_pending(
+                endpoint_id, at=now
+            )
         uow.audit.append(_audit(action, changed, now, **details))
         await uow.commit()
     return changed
 
 
 async def remove_endpoint(admin: WebhookAdmin, *, endpoint_id: str) -> WebhookEndpoint:
-    """Stop delivering to an endpoint for good (its history stays).
+    """Stop delivering to an endpoint for good: its pending deliveries are given up (its
+    history stays until retention deletes it).
 
     Raises:
         WebhookEndpointNotFound: No such endpoint, or already removed.
@@ -195,6 +202,25 @@ async def remove_endpoint(admin: WebhookAdmin, *, endpoint_id: str) -> WebhookEn
         endpoint_id,
         "webhook.remove",
         lambda endpoint, _: dataclasses.replace(endpoint, status=EndpointStatus.REMOVED),
+        abandon_pending=True,
+    )
+
+
+async def disable_endpoint(admin: WebhookAdmin, *, endpoint_id: str) -> WebhookEndpoint:
+    """Stop delivering to an endpoint for now: its events are still recorded and wait,
+    and ``enable-webhook`` sends them.
+
+    Raises:
+        WebhookEndpointNotFound: No such endpoint, or removed.
+    """
+    return await _change(
+        admin,
+        endpoint_id,
+        "webhook.disable",
+        lambda endpoint, _: dataclasses.replace(
+            endpoint, status=EndpointStatus.DISABLED, disabled_reason="operator"
+        ),
+        reason="operator",
     )
 
 
@@ -253,7 +279,8 @@ async def replay(
     endpoint_id: str | None = None,
 ) -> int:
     """Send again every recorded event of the merchant that occurred in ``[since,
-    until)``, to each enabled endpoint that wants it (or to one); how many deliveries.
+    until)``, to each of its endpoints that wants it (or to one; a disabled endpoint's
+    wait until it is enabled); how many deliveries.
 
     Raises:
         MerchantNotFound: No such merchant.
@@ -269,7 +296,11 @@ async def replay(
             raise MerchantNotFound(f"No merchant {merchant_id}.")
         if endpoint_id is not None:
             endpoint = await uow.webhooks.endpoint(endpoint_id)
-            if endpoint is None or endpoint.merchant_id != merchant_id:
+            if (
+                endpoint is None
+                or endpoint.merchant_id != merchant_id
+                or endpoint.status is EndpointStatus.REMOVED
+            ):
                 raise WebhookEndpointNotFound(
                     f"No webhook endpoint {endpoint_id} of {merchant_id}."
                 )
@@ -328,15 +359,58 @@ async def record_events(dispatch: Dispatch, events: Sequence[ReceivedEvent]) -> 
     return created
 
 
-@dataclass(frozen=True, slots=True)
-class DeliveryRound:
-    """What one round sent."""
+class InFlight:
+    """The deliveries one dispatcher is POSTing, and the attempts finished but not yet
+    recorded. A slow endpoint holds only its own deliveries' places: the others are
+    recorded as they finish, and their places claimed again, without waiting for it."""
 
-    claimed: int
-    delivered: int
-    retrying: int
-    given_up: int
-    endpoints_disabled: int
+    def __init__(self, capacity: int, on_finished: Callable[[], None] = lambda: None) -> None:
+        """Hold at most ``capacity`` deliveries at once; ``on_finished`` is called when one
+        finishes (the dispatcher wakes its sender loop)."""
+        self.capacity = capacity
+        self._on_finished = on_finished
+        self._tasks: set[asyncio.Task[AttemptRecord]] = set()
+        self._finished: list[AttemptRecord] = []
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def start(self, sending: Coroutine[Any, Any, AttemptRecord]) -> None:
+        """POST one claimed delivery in the background."""
+        task = asyncio.create_task(sending, name="webhook-delivery")
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[AttemptRecord]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        if (exc := task.exception()) is not None:
+            # Its lease runs out and it is claimed again: sent again, never lost.
+            logger.error("a webhook delivery failed unexpectedly: %s", type(exc).__name__)
+        else:
+            self._finished.append(task.result())
+        self._on_finished()
+
+    def take_finished(self) -> list[AttemptRecord]:
+        """The attempts finished since the last call (and forget them)."""
+        finished, self._finished = self._finished, []
+        return finished
+
+    def give_back(self, records: Sequence[AttemptRecord]) -> None:
+        """Attempts taken but not recorded (the database failed): recorded next time."""
+        self._finished[:0] = records
+
+    async def wait(self, timeout_s: float) -> None:
+        """Wait until every delivery in flight has finished (cancel those still running
+        after ``timeout_s``: their leases bring them back)."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
 
 
 def body_bytes(delivery: DueDelivery) -> bytes:
@@ -347,7 +421,6 @@ def body_bytes(delivery: DueDelivery) -> bytes:
 async def _send(dispatch: Dispatch, delivery: DueDelivery) -> AttemptRecord:
     now = dispatch.clock()
     endpoint = delivery.endpoint
-    context = secret_context(endpoint.endpoint_id)
     attempt = delivery.attempts + 1
     with span(
         "webhook.deliver",
@@ -359,10 +432,7 @@ async def _send(dispatch: Dispatch, delivery: DueDelivery) -> AttemptRecord:
         attempt=attempt,
     ) as traced:
         try:
-            keys = [
-                dispatch.box.unseal(sealed, associated_data=context)
-                for sealed in endpoint.signing_secrets(now)
-            ]
+            keys = _open_secrets(dispatch, endpoint, now)
         except Exception:
             # A secret that no configured key opens: a configuration error, never sent
             # unsigned. It is retried like any failure (the keys may be restored).
@@ -413,6 +483,20 @@ async def _send(dispatch: Dispatch, delivery: DueDelivery) -> AttemptRecord:
     )
 
 
+def _open_secrets(dispatch: Dispatch, endpoint: WebhookEndpoint, now: datetime) -> list[str]:
+    """The secrets that sign now, in clear: the current one (which must open), and the
+    previous one during a rotation's grace if it still opens (its key may be retired)."""
+    context = secret_context(endpoint.endpoint_id)
+    current, *previous = endpoint.signing_secrets(now)
+    keys = [dispatch.box.unseal(current, associated_data=context)]
+    for sealed in previous:
+        try:
+            keys.append(dispatch.box.unseal(sealed, associated_data=context))
+        except Exception:
+            logger.warning("the previous secret of %s cannot be opened", endpoint.endpoint_id)
+    return keys
+
+
 def _outcome(status: DeliveryStatus) -> str:
     return {
         DeliveryStatus.DELIVERED: "delivered",
@@ -421,22 +505,40 @@ def _outcome(status: DeliveryStatus) -> str:
     }[status]
 
 
-async def deliver_due(dispatch: Dispatch) -> DeliveryRound:
-    """One round: claim due deliveries (leased), POST them all at once, record every
-    attempt, and disable endpoints that have failed for the whole retry window (the
-    merchant's audit log says so)."""
+async def deliver_due(dispatch: Dispatch, in_flight: InFlight) -> bool:
+    """One step of the sender loop: record the attempts that finished (and disable the
+    endpoints that have failed for the whole retry window: the merchant's audit log says
+    so), then claim as many due deliveries as there is room for (leased) and start
+    POSTing them. Whether more may be due right now (the claim was full)."""
+    finished = in_flight.take_finished()
+    try:
+        await record_finished(dispatch, finished)
+    except Exception:
+        in_flight.give_back(finished)
+        raise
+    room = min(in_flight.capacity - len(in_flight), dispatch.batch_size)
+    # Claim in batches: a place or two freeing up waits for the next step.
+    if room <= 0 or (len(in_flight) and room < dispatch.batch_size // 2):
+        return False
     async with dispatch.uow_factory() as uow:
         due = await uow.webhooks.claim_due(
             claimer=dispatch.claimer,
             now=dispatch.clock(),
             lease=dispatch.lease,
-            limit=dispatch.batch_size,
+            limit=room,
             ordered_attempts=dispatch.policy.ordered_attempts,
         )
         await uow.commit()
-    if not due:
-        return DeliveryRound(0, 0, 0, 0, 0)
-    records = await asyncio.gather(*(_send(dispatch, delivery) for delivery in due))
+    for delivery in due:
+        in_flight.start(_send(dispatch, delivery))
+    return len(due) == room
+
+
+async def record_finished(dispatch: Dispatch, records: Sequence[AttemptRecord]) -> None:
+    """Record finished attempts, move their deliveries on, and disable the endpoints that
+    have failed for the whole retry window."""
+    if not records:
+        return
     now = dispatch.clock()
     failed_endpoints = sorted({r.endpoint_id for r in records if not r.result.delivered})
     gave_up = [(r.endpoint_id, r.delivery_id) for r in records if r.status is DeliveryStatus.FAILED]
@@ -475,22 +577,13 @@ async def deliver_due(dispatch: Dispatch) -> DeliveryRound:
             endpoint.failing_since,
         )
         dispatch.metrics.webhook_endpoint_disabled()
-    return DeliveryRound(
-        claimed=len(due),
-        delivered=sum(r.status is DeliveryStatus.DELIVERED for r in records),
-        retrying=sum(r.status is DeliveryStatus.PENDING for r in records),
-        given_up=sum(r.status is DeliveryStatus.FAILED for r in records),
-        endpoints_disabled=len(given_up),
-    )
 
 
 async def report_backlog(dispatch: Dispatch) -> None:
     """Send each endpoint's pending deliveries and the oldest's age as metrics."""
     async with dispatch.uow_factory() as uow:
         backlog = await uow.webhooks.backlog()
-    dispatch.metrics.webhook_backlog(
-        [(b.endpoint_id, b.merchant_id, b.pending, b.oldest_age_s) for b in backlog]
-    )
+    dispatch.metrics.webhook_backlog([(b.endpoint_id, b.pending, b.oldest_age_s) for b in backlog])
 
 
 async def purge_finished(dispatch: Dispatch, *, keep: timedelta, limit: int) -> int:

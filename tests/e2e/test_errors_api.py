@@ -64,7 +64,13 @@ STATUS_BY_CODE = {
     "service_unavailable": 503,
 }
 # Codes of the admin CLI and of state-machine guards no API request can reach.
-NOT_FROM_THE_API = {"merchant_not_found", "api_key_not_found", "invalid_transition"}
+NOT_FROM_THE_API = {
+    "merchant_not_found",
+    "api_key_not_found",
+    "invalid_transition",
+    "webhook_endpoint_not_found",  # payments-admin only
+    "webhook_target_refused",
+}
 
 
 async def count(engine: AsyncEngine, sql: str) -> int:

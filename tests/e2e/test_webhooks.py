@@ -876,3 +876,81 @@ async def test_a_name_that_resolves_to_an_internal_address_at_delivery_is_refuse
     assert (refused.status_code, refused.error) == (None, "target_refused")
     assert (allowed.status_code, allowed.error) == (204, None)  # the same name, rules off
     assert len(receiver.deliveries) == 1
+
+
+async def test_events_wait_while_an_endpoint_is_disabled_and_go_out_once_it_is_enabled(
+    merchant: MerchantCredentials,
+    group: str,
+    receiver: Receiver,
+    add_webhook: AddWebhook,
+    engine: AsyncEngine,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = webhook_settings(group)
+    issued = await add_webhook(settings, merchant.merchant_id, receiver.url)
+    receiver.secrets = [issued.secret]
+    endpoint_id = issued.endpoint.endpoint_id
+    code, out, _ = await asyncio.to_thread(
+        admin, capsys, "disable-webhook", endpoint_id, settings=settings
+    )
+    assert code == 0 and f"disabled webhook {endpoint_id}" in out
+    async with running_dispatcher(settings), running_app(settings) as client:
+        paid = [await pay(client, merchant) for _ in range(3)]
+
+        async def recorded() -> bool:
+            return len(await deliveries(engine)) == 3
+
+        await eventually(recorded, what="three deliveries recorded for the disabled endpoint")
+        await asyncio.sleep(1.0)  # it would have been sent by now, were it enabled
+        assert receiver.deliveries == []
+        code, out, _ = await asyncio.to_thread(
+            admin, capsys, "enable-webhook", endpoint_id, settings=settings
+        )
+        assert code == 0, out
+        await eventually(lambda: asyncio.sleep(0, len(receiver.deliveries) == 3), what="sent")
+    assert {d.body["transaction_id"] for d in receiver.deliveries} == {
+        p["transaction_id"] for p in paid
+    }
+    code, out, _ = await asyncio.to_thread(
+        admin, capsys, "remove-webhook", endpoint_id, settings=settings
+    )
+    assert code == 0, out
+
+
+async def test_a_slow_endpoint_holds_back_nobody_else(
+    merchant: MerchantCredentials,
+    create_merchant: Callable[..., Any],
+    group: str,
+    add_webhook: AddWebhook,
+) -> None:
+    """A merchant whose endpoint takes seconds to answer holds only its own deliveries'
+    places: another merchant's deliveries, recorded meanwhile, go out at once."""
+    settings = webhook_settings(group, webhook_timeout_s=8.0)
+    other = await create_merchant(merchant_id="merchant_fast_hooks")
+    slow, fast = Receiver(delay_s=5.0), Receiver()
+    await slow.start()
+    await fast.start()
+    try:
+        slow.secrets = [(await add_webhook(settings, merchant.merchant_id, slow.url)).secret]
+        fast.secrets = [(await add_webhook(settings, other.merchant_id, fast.url)).secret]
+        async with running_dispatcher(settings) as dispatcher, running_app(settings) as client:
+            await pay(client, merchant)
+            await eventually(
+                lambda: asyncio.sleep(0, len(dispatcher.in_flight) == 1),
+                what="the slow delivery in flight",
+            )
+            started = time.monotonic()
+            for _ in range(5):
+                await pay(client, other)
+            await eventually(
+                lambda: asyncio.sleep(0, len(fast.deliveries) == 5), what="the fast ones"
+            )
+            fast_s = time.monotonic() - started
+            assert slow.deliveries == [], "the fast deliveries waited for the slow one"
+            await eventually(
+                lambda: asyncio.sleep(0, len(slow.deliveries) == 1), what="the slow one"
+            )
+    finally:
+        await slow.stop()
+        await fast.stop()
+    print(f"five deliveries to a fast endpoint in {fast_s:.2f} s beside a 5 s one")

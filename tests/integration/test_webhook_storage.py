@@ -131,7 +131,7 @@ async def test_recording_an_event_twice_changes_nothing_and_unwanted_events_are_
     refunded = event(merchant.merchant_id, event_type="refund.succeeded")
     unwanted = event(other.merchant_id)
 
-    assert await record(uow_factory, captured, refunded, unwanted, captured) == 3
+    assert await record(uow_factory, captured, refunded, unwanted, captured) == 5
     assert await record(uow_factory, refunded, captured, unwanted) == 0  # a batch read again
 
     stored = await rows(engine, "SELECT event_id, endpoint_id FROM webhook_deliveries")
@@ -139,6 +139,15 @@ async def test_recording_an_event_twice_changes_nothing_and_unwanted_events_are_
         (captured.event_id, everything.endpoint_id),
         (refunded.event_id, everything.endpoint_id),
         (refunded.event_id, refunds_only.endpoint_id),
+        # A disabled endpoint's deliveries wait for it; a removed one gets none.
+        (captured.event_id, disabled.endpoint_id),
+        (refunded.event_id, disabled.endpoint_id),
+    }
+    # ...and they are not claimed while it is disabled.
+    due = await claim(uow_factory)
+    assert {d.endpoint.endpoint_id for d in due} == {
+        everything.endpoint_id,
+        refunds_only.endpoint_id,
     }
     kept = await rows(engine, "SELECT event_id, trace_context FROM webhook_events")
     assert {r["event_id"] for r in kept} == {captured.event_id, refunded.event_id}
@@ -277,3 +286,26 @@ async def test_an_endpoint_update_keeps_its_secrets_sealed(
         "v1.k.sealed" if grace else None,
     )
     assert stored.previous_secret_expires_at == expires
+
+
+async def test_removing_an_endpoint_gives_up_its_pending_deliveries(
+    merchant: MerchantCredentials, uow_factory: UowFactory, engine: AsyncEngine
+) -> None:
+    kept, removed = endpoint(merchant.merchant_id), endpoint(merchant.merchant_id)
+    await add(uow_factory, kept, removed)
+    await record(uow_factory, event(merchant.merchant_id, "txn_1"))
+    at = datetime.now(UTC)
+    async with uow_factory() as uow:
+        abandoned = await uow.webhooks.abandon_pending(removed.endpoint_id, at=at)
+        await uow.commit()
+    assert abandoned == 1
+    stored = await rows(
+        engine,
+        "SELECT endpoint_id, status, last_error, finished_at FROM webhook_deliveries",
+    )
+    assert {(r["endpoint_id"], r["status"]) for r in stored} == {
+        (kept.endpoint_id, "pending"),
+        (removed.endpoint_id, "failed"),
+    }
+    (gone,) = [r for r in stored if r["endpoint_id"] == removed.endpoint_id]
+    assert (gone["last_error"], gone["finished_at"]) == ("endpoint_removed", at)

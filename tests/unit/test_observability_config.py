@@ -199,6 +199,9 @@ def test_monitors_are_importable_and_their_thresholds_match_their_queries() -> N
         "outbox-backlog.json",
         "outbox-oldest-age.json",
         "api-p99-latency.json",
+        "webhook-backlog-age.json",
+        "webhook-endpoint-disabled.json",
+        "webhook-consumer-lag.json",
     }
     for path in MONITORS:
         monitor = load_json(path)
@@ -207,6 +210,8 @@ def test_monitors_are_importable_and_their_thresholds_match_their_queries() -> N
         assert "service:payment-service" in monitor["tags"]
         match = re.search(r"(>=|<=|>|<)\s*(-?[0-9.]+)$", monitor["query"])
         assert match, f"{path.name}: no threshold comparison"
+        # Datadog replaced notify_no_data with on_missing_data: one or the other.
+        assert not {"notify_no_data", "on_missing_data"} <= set(monitor["options"]), path.name
         thresholds = monitor["options"]["thresholds"]
         assert float(match.group(2)) == thresholds["critical"], path.name
         if "warning" in thresholds:

@@ -43,7 +43,8 @@ targets AS (
     SELECT i.n, i.event_id, i.transaction_id, ep.endpoint_id
     FROM incoming i
     JOIN webhook_endpoints ep
-      ON ep.merchant_id = i.merchant_id AND ep.status = 'enabled'
+      -- A disabled endpoint's deliveries are recorded too: they wait until it is enabled.
+      ON ep.merchant_id = i.merchant_id AND ep.status IN ('enabled', 'disabled')
      AND (cardinality(ep.event_types) = 0 OR i.event_type = ANY(ep.event_types))
 ),
 kept AS (
@@ -180,7 +181,7 @@ WITH chosen AS (
     SELECT ev.event_id, ev.transaction_id, ep.endpoint_id
     FROM webhook_events ev
     JOIN webhook_endpoints ep
-      ON ep.merchant_id = ev.merchant_id AND ep.status = 'enabled'
+      ON ep.merchant_id = ev.merchant_id AND ep.status IN ('enabled', 'disabled')
      AND (cardinality(ep.event_types) = 0 OR ev.event_type = ANY(ep.event_types))
      AND (CAST(:endpoint_id AS varchar) IS NULL OR ep.endpoint_id = :endpoint_id)
     WHERE ev.merchant_id = :merchant_id
@@ -194,6 +195,15 @@ ON CONFLICT (event_id, endpoint_id) DO UPDATE
 SET status = 'pending', attempts = 0, next_attempt_at = :now, created_at = :now,
     claimed_by = NULL, claimed_until = NULL, delivered_at = NULL, finished_at = NULL,
     last_status_code = NULL, last_error = NULL
+"""
+)
+
+_ABANDON_PENDING = text(
+    """
+UPDATE webhook_deliveries
+SET status = 'failed', next_attempt_at = NULL, finished_at = :at,
+    last_error = 'endpoint_removed', claimed_by = NULL, claimed_until = NULL
+WHERE endpoint_id = :endpoint_id AND status = 'pending'
 """
 )
 
@@ -456,6 +466,13 @@ class WebhookRepository:
                 "endpoint_id": endpoint_id,
                 "now": now,
             },
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    async def abandon_pending(self, endpoint_id: str, *, at: datetime) -> int:
+        """Give up the endpoint's pending deliveries (it is removed); how many."""
+        result = await self._session.execute(
+            _ABANDON_PENDING, {"endpoint_id": endpoint_id, "at": at}
         )
         return int(getattr(result, "rowcount", 0) or 0)
 

@@ -81,6 +81,12 @@ def parse_event(record: ConsumerRecord[bytes, bytes]) -> ReceivedEvent | None:
         )
         return None
     if event.occurred_at.tzinfo is None:
+        logger.error(
+            "skipping a record whose occurred_at has no offset at %s[%d]@%d",
+            record.topic,
+            record.partition,
+            record.offset,
+        )
         return None
     return event
 

@@ -83,8 +83,8 @@ class Metrics(Protocol):
         """A delivery was acknowledged this long after its event was committed."""
         ...
 
-    def webhook_backlog(self, backlog: list[tuple[str, str, int, float]]) -> None:
-        """Per endpoint (id, merchant): pending deliveries and the oldest's age."""
+    def webhook_backlog(self, backlog: list[tuple[str, int, float]]) -> None:
+        """Per endpoint id: pending deliveries and the oldest's age."""
         ...
 
     def webhook_endpoint_disabled(self) -> None:
@@ -153,7 +153,7 @@ class NoMetrics:
     def webhook_delivery_lag(self, *, seconds: float) -> None:
         """Nothing is sent."""
 
-    def webhook_backlog(self, backlog: list[tuple[str, str, int, float]]) -> None:
+    def webhook_backlog(self, backlog: list[tuple[str, int, float]]) -> None:
         """Nothing is sent."""
 
     def webhook_endpoint_disabled(self) -> None:

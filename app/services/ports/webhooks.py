@@ -119,9 +119,10 @@ class WebhookRepository(Protocol):
         ...
 
     async def record_events(self, events: Sequence[ReceivedEvent]) -> int:
-        """At once (one statement): keep each event whose merchant has an enabled endpoint
-        that wants it, and one pending delivery per such endpoint; an event or delivery
-        already recorded is left as it is. How many deliveries were new."""
+        """At once (one statement): keep each event whose merchant has an endpoint (enabled,
+        or disabled: its deliveries wait) that wants it, and one pending delivery per such
+        endpoint; an event or delivery already recorded is left as it is. How many
+        deliveries were new."""
         ...
 
     async def claim_due(
@@ -168,7 +169,12 @@ class WebhookRepository(Protocol):
     ) -> int:
         """At once: every recorded event of the merchant that occurred in
         ``[since, until)`` is delivered again (from a first attempt) to each of its
-        endpoints that wants it (or to ``endpoint_id`` only). How many deliveries."""
+        endpoints that are not removed and want it (or to ``endpoint_id`` only); a
+        disabled endpoint's wait until it is enabled. How many deliveries."""
+        ...
+
+    async def abandon_pending(self, endpoint_id: str, *, at: datetime) -> int:
+        """Give up the endpoint's pending deliveries (it is being removed); how many."""
         ...
 
     async def backlog(self) -> list[EndpointBacklog]:

@@ -24,6 +24,8 @@ class ProblemCode(StrEnum):
     SERVICE_UNAVAILABLE = "service_unavailable"
     UNAUTHORIZED = "unauthorized"
     VALIDATION_ERROR = "validation_error"
+    WEBHOOK_ENDPOINT_NOT_FOUND = "webhook_endpoint_not_found"
+    WEBHOOK_TARGET_REFUSED = "webhook_target_refused"
 
     def __str__(self) -> str:
         return str(self.value)

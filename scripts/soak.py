@@ -8,6 +8,8 @@ meanwhile injects, at fixed fractions of the run:
 
 * 15 %: Kafka restart (``stack.sh down kafka``, 5 s, ``up kafka``);
 * 38 %: PostgreSQL restart (the same);
+* 48 %: the webhook receiver's port closed for ``SOAK_RECEIVER_DOWN_S`` (default 5 s; 0:
+  not at all): the dispatchers' POSTs are refused and retried (see "Webhooks" below);
 * 58 %: the bank turns slow for ``SOAK_BANK_SLOW_S`` (default 15 s): MockServer
   expectations above the default ones answer every authorization and refund of this run
   after the service's bank timeout (approved ``SLOW01`` / declined for the declined card /
@@ -44,6 +46,33 @@ whose bank calls are certainly over). It also samples, by SQL every 2 s, the ref
 balance of every payment (:class:`RefundSampler`). After the load it waits
 (``SOAK_SETTLE_TIMEOUT``, default 120 s) until nothing is ``processing`` or ``pending``.
 
+**Webhooks.** Before the load the drill registers, with ``payments-admin add-webhook``, an
+endpoint for its merchant (the run's only merchant: every merchant of the run is
+registered) pointing at a receiver it runs itself: an aiohttp server on 127.0.0.1 in the
+drill's event loop (:class:`WebhookReceiver`) that verifies every signature with
+``standardwebhooks`` (``Webhook(secret).verify``), answers 204 and records webhook-id, body
+and arrival time (``.bench/soak-webhooks-receipts.jsonl``). It starts
+``SOAK_WEBHOOK_DISPATCHERS`` (default 2; 0: no webhook part) ``python -m app.dispatcher``
+processes (logs in ``.bench/soak-webhooks-<n>.log``) in a consumer group of this run,
+``soak-webhooks-<run>``, whose offsets it first commits at the topic's end before the run
+(a new group would start at the earliest offset, among older runs' events); they
+share the partitions. The drill's Kafka and PostgreSQL restarts hit them too: they must
+run to the end and stop cleanly on SIGTERM.
+
+The API runs with APP_ENV=production, which refuses http:// and loopback webhook targets
+(SSRF protection; WEBHOOK_ALLOW_PRIVATE_TARGETS cannot be turned on in production). So
+``add-webhook`` and the dispatchers run with the service's environment (same database,
+Kafka, topic and vault keys: the dispatchers open the secret ``add-webhook`` sealed) but
+APP_ENV=test and WEBHOOK_ALLOW_PRIVATE_TARGETS=true: APP_ENV changes nothing else in
+those processes (it only selects the production-only start checks and the target rules),
+and the service under test keeps its production profile. The dispatchers retry quickly,
+WEBHOOK_RETRY_FIRST_S=1 and WEBHOOK_RETRY_MAX_INTERVAL_S=5 (unless the environment sets
+them); the retry window stays 3 days, so nothing may be given up. After the settle wait it
+waits (``SOAK_WEBHOOK_TIMEOUT``, default 60 s) until the outbox is drained and every event
+committed for the registered merchants (``outbox_events`` whose ``payload->>'merchant_id'``
+is registered; the outbox keeps them for OUTBOX_RETENTION_S, days) was received, then up to
+15 s until no delivery is pending, and stops the dispatchers and then the receiver.
+
 The service runs with RECONCILE_FIRST_DELAY_S=2, RECONCILE_INTERVAL_S=1,
 RECONCILE_MAX_INTERVAL_S=5 and RECONCILE_NO_RECORD_AFTER_S = RECONCILE_LEASE_S = the
 service's longest bank call (``Settings.longest_bank_call_s``, 16 s by default) + 5 s, unless
@@ -67,17 +96,29 @@ responses:
 5. every committed state change on the topic at least once (every transaction and refund
    has its events, every settled one its settling event; the backlog drains; every outbox
    event_id is read back from the topic, from the offsets it had before the run);
-6. idempotent replays repeat the stored answer (a remembered 202 replays as the same 202;
+6. every event of a registered merchant reached the receiver: committed - received is
+   empty, no received event that was not committed, every body as committed, 0 signatures
+   refused, 0 deliveries given up, no endpoint disabled, every dispatcher ran to the end
+   and exited 0. Reported alongside: duplicates (at least once allows them), payments whose
+   first receipts came out of occurred_at (or outbox) order, commit -> delivery latency
+   p50/p95/p99 (first receipt - the event's occurred_at, both this machine's UTC clock; for
+   all events, for those whose way crossed no fault window, and from the outbox row's
+   published_at: the dispatchers' share), deliveries/s the receiver saw during the load
+   (bounded by the events the load commits: not a capacity figure) and per dispatcher
+   (from ``webhook_attempts``), failed attempts by cause, the warnings in the dispatchers'
+   logs, and the drill's event-loop lag (the receiver's timestamps are that coarse);
+7. idempotent replays repeat the stored answer (a remembered 202 replays as the same 202;
    a key whose request died answers the current state, which never goes from 200 back to
    202);
-7. no 5xx and no silence outside the fault windows (503 ``bank_unavailable`` allowed
+8. no 5xx and no silence outside the fault windows (503 ``bank_unavailable`` allowed
    anywhere; 202 is a normal answer), and inside them only what the fault explains: 503
    ``service_unavailable`` in the PostgreSQL window, no answer for requests the killed
    worker held; never a 500;
-8. the service is healthy again at the end (``/health`` healthy, possibly after degraded);
-9. the workers: only the killed one was replaced, by one new worker.
+9. the service is healthy again at the end (``/health`` healthy, possibly after degraded);
+10. the workers: only the killed one was replaced, by one new worker.
 
-It prints those figures, RSS per worker at the end against after warm-up, writes
+It prints those figures, RSS per worker at the end against after warm-up (and, if the
+webhook invariant fails, the tail of the dispatchers' logs), writes
 ``.bench/soak-report.json`` and exits 1 if an invariant fails (2 if the drill itself could
 not run).
 
@@ -90,9 +131,12 @@ SOAK_DB=payments_soak SOAK_BANK_SLOW_S=15 SOAK_KILL_WORKER=1 (0: no SIGKILL)
 SOAK_KILL_AFTER_S=5 (into the slow window) SOAK_BANK_MEMORY=1 (0: no lookup answers, a
 negative control: the reconciler then fails what the bank approved, and the bank-decision
 invariant must fail) SOAK_BANK_MEMORY_INTERVAL_S=3 SOAK_SETTLE_TIMEOUT=120
-SOAK_DRAIN_TIMEOUT=120 SOAK_MAX_INFLIGHT=200 SOAK_SEED (random) KAFKA_TOPIC=payments.events;
-the service's BANK_TIMEOUT_S, BANK_CONNECT_TIMEOUT_S, BANK_MAX_RETRIES, BANK_BACKOFF_MAX_S
-and RECONCILE_* are read from the environment too (the drill's timings follow them).
+SOAK_DRAIN_TIMEOUT=120 SOAK_MAX_INFLIGHT=200 SOAK_WEBHOOK_DISPATCHERS=2 (0: no webhooks)
+SOAK_WEBHOOK_TIMEOUT=60 SOAK_RECEIVER_DOWN_S=5 (0: no receiver outage) SOAK_SEED (random)
+KAFKA_TOPIC=payments.events; the service's BANK_TIMEOUT_S, BANK_CONNECT_TIMEOUT_S,
+BANK_MAX_RETRIES, BANK_BACKOFF_MAX_S and RECONCILE_* (and the dispatchers'
+WEBHOOK_RETRY_FIRST_S and WEBHOOK_RETRY_MAX_INTERVAL_S) are read from the environment too
+(the drill's timings follow them).
 """
 
 from __future__ import annotations
@@ -105,11 +149,13 @@ import random
 import re
 import secrets
 import signal
+import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -117,6 +163,7 @@ from typing import Any
 import bench
 import httpx
 import psycopg2
+from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from bench import (
     AppServer,
@@ -132,6 +179,7 @@ from bench import (
     production_secrets,
     service_env,
 )
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 APPROVED_CARD = "4242424242424242"
 DECLINED_CARD = "4000000000000002"
@@ -168,6 +216,9 @@ SETTLING_EVENTS = {
     "declined": "payment.declined",
     "failed": "payment.failed",
 }
+# What ``payments-admin add-webhook`` prints.
+SIGNING_SECRET_LINE = re.compile(r"^signing_secret: (whsec_\S+)$", re.MULTILINE)
+ENDPOINT_LINE = re.compile(r"^added webhook (\S+) for ", re.MULTILINE)
 
 
 def longest_bank_call_s() -> float:
@@ -219,6 +270,9 @@ class SoakConfig:
     settle_timeout_s: float = field(default_factory=lambda: env_float("SOAK_SETTLE_TIMEOUT", 120))
     drain_timeout_s: float = field(default_factory=lambda: env_float("SOAK_DRAIN_TIMEOUT", 120))
     max_inflight: int = field(default_factory=lambda: env_int("SOAK_MAX_INFLIGHT", 200))
+    webhook_dispatchers: int = field(default_factory=lambda: env_int("SOAK_WEBHOOK_DISPATCHERS", 2))
+    webhook_timeout_s: float = field(default_factory=lambda: env_float("SOAK_WEBHOOK_TIMEOUT", 60))
+    receiver_down_s: float = field(default_factory=lambda: env_float("SOAK_RECEIVER_DOWN_S", 5))
     topic: str = field(default_factory=lambda: env_str("KAFKA_TOPIC", "payments.events"))
     bank_timeout_s: float = field(default_factory=lambda: env_float("BANK_TIMEOUT_S", 3))
     seed: int = field(default_factory=lambda: env_int("SOAK_SEED", 0) or secrets.randbelow(10**6))
@@ -1173,6 +1227,480 @@ class RefundSampler:
                 await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
 
 
+# ---------------------------------------------------------------------------- webhooks
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """One delivery the receiver accepted (its signature verified)."""
+
+    webhook_id: str
+    body: dict[str, Any] | None  # None: the signed body is not a JSON object
+    received_at: float  # time.time() once the body was read
+
+
+class WebhookReceiver:
+    """The merchants' endpoint: an aiohttp server on 127.0.0.1 in the drill's event loop.
+
+    It verifies every delivery's signature with ``standardwebhooks`` (any of ``secrets``
+    must match), as a merchant would, answers 204 and records the webhook-id, the body
+    and when it arrived; a bad signature is answered 401 and counted. It can be taken
+    down (its port closed: connections refused) and brought back on the same port.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.verifiers: list[Webhook] = []
+        self.receipts: list[Receipt] = []
+        self.refused_signatures = 0
+        self.malformed = 0
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        """What the endpoints are registered with."""
+        return f"http://127.0.0.1:{self.port}/hooks"
+
+    @property
+    def running(self) -> bool:
+        """Whether the port is open."""
+        return self._runner is not None
+
+    def trust(self, secret: str) -> None:
+        """Accept deliveries signed with ``secret`` (an endpoint's signing secret)."""
+        self.verifiers.append(Webhook(secret))
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        received_at = time.time()
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        for verifier in self.verifiers:
+            try:
+                verifier.verify(raw, headers, json_parse=False)
+            except WebhookVerificationError:
+                continue
+            break
+        else:
+            self.refused_signatures += 1
+            return web.Response(status=401, text="bad signature")
+        body: dict[str, Any] | None = None
+        with contextlib.suppress(ValueError):
+            decoded = json.loads(raw)
+            body = decoded if isinstance(decoded, dict) else None
+        if body is None:
+            self.malformed += 1
+        self.receipts.append(Receipt(headers.get("webhook-id", ""), body, received_at))
+        return web.Response(status=204)
+
+    async def start(self) -> None:
+        """Open the port (retrying a moment if it lingers after a stop)."""
+        app = web.Application()
+        app.router.add_post("/hooks", self._handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        for _ in range(50):
+            try:
+                await web.TCPSite(runner, "127.0.0.1", self.port).start()
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        else:
+            await runner.cleanup()
+            raise RuntimeError(f"webhook receiver: port {self.port} stayed busy")
+        self._runner = runner
+
+    async def stop(self) -> None:
+        """Close the port and the open connections."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+
+class DispatcherProcess:
+    """One ``python -m app.dispatcher`` (``payments-webhooks``), in a session of its own,
+    logging to ``.bench/soak-webhooks-<n>.log`` (this run's only)."""
+
+    def __init__(self, *, env: dict[str, str], number: int) -> None:
+        self.env = env
+        self.number = number
+        self.log_path = out_dir() / f"soak-webhooks-{number}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None
+        self.exit_status: int | None = None
+        self.alive_at_end: bool | None = None
+
+    def start(self) -> None:
+        """Start it (cwd .bench, like the service: no developer's .env)."""
+        with self.log_path.open("wb") as log_file:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "app.dispatcher"],
+                cwd=out_dir(),
+                env=self.env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        # The dispatcher names itself host:pid:suffix on its attempts.
+        self.pid = self.process.pid
+
+    def running(self) -> bool:
+        """Whether it is still running."""
+        return self.process is not None and self.process.poll() is None
+
+    def log_text(self) -> str:
+        """Its whole log."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def tail(self, lines: int = 25) -> str:
+        """The end of its log, a JSON line as 'time level logger: message'."""
+        shown = []
+        for line in self.log_text().splitlines()[-lines:]:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = None
+            if isinstance(entry, dict):
+                line = (
+                    f"{entry.get('timestamp')} {entry.get('level')} {entry.get('logger')}:"
+                    f" {entry.get('message')}"
+                )
+            shown.append(line)
+        return "\n".join(shown)
+
+    def warnings(self) -> Counter[str]:
+        """WARNING and worse lines of its log, by level and message (digits as #)."""
+        found: Counter[str] = Counter()
+        for line in self.log_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                if line.strip():
+                    found[f"(not JSON) {re.sub(r'[0-9]+', '#', line.strip())[:100]}"] += 1
+                continue
+            if not isinstance(entry, dict):
+                continue
+            level = str(entry.get("level", ""))
+            if level in ("WARNING", "ERROR", "CRITICAL"):
+                message = re.sub(r"[0-9]+", "#", str(entry.get("message", "")))
+                found[f"{level} {message[:120]}"] += 1
+        return found
+
+    def stop(self, grace_s: float = 30.0) -> int | None:
+        """SIGTERM (it records and commits the batch in hand, finishes the deliveries in
+        flight, leaves the group), SIGKILL if it hangs; its exit status."""
+        process, self.process = self.process, None
+        if process is None:
+            return self.exit_status
+        self.alive_at_end = process.poll() is None
+        if self.alive_at_end:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                log(f"webhook dispatcher {self.number} did not stop in {grace_s:.0f} s: SIGKILL")
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        self.exit_status = process.returncode
+        return self.exit_status
+
+
+def add_webhook(env: dict[str, str], merchant_id: str, url: str) -> tuple[str, str]:
+    """``payments-admin add-webhook MERCHANT URL``: (endpoint id, signing secret)."""
+    admin = Path(sys.executable).with_name("payments-admin")
+    command = [str(admin)] if admin.exists() else [sys.executable, "-m", "app.cli"]
+    done = subprocess.run(
+        [*command, "add-webhook", merchant_id, url],
+        cwd=out_dir(),
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    secret = SIGNING_SECRET_LINE.search(done.stdout)
+    endpoint = ENDPOINT_LINE.search(done.stdout)
+    if done.returncode != 0 or secret is None or endpoint is None:
+        raise RuntimeError(
+            f"payments-admin add-webhook {merchant_id} {url} exited {done.returncode}:"
+            f" {(done.stderr or done.stdout).strip()[:300]}"
+        )
+    return endpoint[1], secret[1]
+
+
+async def start_group_at(
+    bootstrap: str, topic: str, group: str, offsets: dict[int, int]
+) -> dict[int, int]:
+    """Commit ``group``'s offsets at ``offsets`` (the topic's end before the run): a new
+    group would otherwise start at the topic's earliest offset, among older runs' events."""
+    tps = await topic_partitions(bootstrap, topic)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        committed = {tp: offsets.get(tp.partition, 0) for tp in tps}
+        await consumer.commit(committed)
+    finally:
+        await consumer.stop()
+    return {tp.partition: offset for tp, offset in committed.items()}
+
+
+def percentiles(values: list[float]) -> dict[str, Any]:
+    """n, p50, p95, p99 and max (nearest rank), rounded."""
+    if not values:
+        return {"n": 0}
+    ordered = sorted(values)
+
+    def rank(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(len(ordered) * q))], 1)
+
+    return {
+        "n": len(ordered),
+        "p50": rank(0.50),
+        "p95": rank(0.95),
+        "p99": rank(0.99),
+        "max": round(ordered[-1], 1),
+    }
+
+
+def occurred_at(body: dict[str, Any]) -> float | None:
+    """An event's occurred_at as a POSIX timestamp."""
+    try:
+        return datetime.fromisoformat(str(body["occurred_at"])).timestamp()
+    except (KeyError, ValueError):
+        return None
+
+
+class WebhookDrill:
+    """Webhooks during the drill: an endpoint per merchant of the run pointing at the
+    drill's own receiver, ``SOAK_WEBHOOK_DISPATCHERS`` dispatcher processes in a consumer
+    group of this run, the receiver taken down for a few seconds, and the wait until every
+    committed event of the registered merchants has reached the receiver."""
+
+    def __init__(
+        self, *, config: SoakConfig, ports: Ports, db: BenchDatabase, merchant_ids: list[str]
+    ) -> None:
+        self.config = config
+        self.ports = ports
+        self.db = db
+        self.merchant_ids = merchant_ids
+        self.group = f"soak-webhooks-{config.run_tag}"
+        self.receiver = WebhookReceiver(bench.free_port())
+        self.dispatchers: list[DispatcherProcess] = []
+        self.endpoints: dict[str, str] = {}  # merchant id -> endpoint id
+        self.settings: dict[str, str] = {}
+        self.group_offsets: dict[int, int] = {}
+        self.outage: Window | None = None
+        self.errors: list[str] = []
+        self.wait: dict[str, Any] = {}
+        self.t0 = 0.0  # time.monotonic() when the load started
+        self.t0_wall = 0.0  # time.time() at the same moment
+        self.lag_ms: list[float] = []
+
+    def now(self) -> float:
+        """Seconds since the load started."""
+        return time.monotonic() - self.t0
+
+    def env_for(self, service: dict[str, str]) -> dict[str, str]:
+        """The dispatchers' (and add-webhook's) environment: the service's, but APP_ENV=test
+        so that a loopback http:// target is allowed (production refuses it)."""
+        wanted = {
+            "WEBHOOK_RETRY_FIRST_S": "1",
+            "WEBHOOK_RETRY_MAX_INTERVAL_S": "5",
+        }
+        self.settings = {
+            name: os.environ.get(name, "").strip() or value for name, value in wanted.items()
+        } | {
+            "APP_ENV": "test",
+            "WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",
+            "WEBHOOK_CONSUMER_GROUP": self.group,
+        }
+        return service | self.settings | {"LOG_LEVEL": "INFO"}
+
+    def prepare(self, service_env_: dict[str, str], start_offsets: dict[int, int]) -> None:
+        """Group offsets at the topic's end, an endpoint per merchant, the dispatchers."""
+        env = self.env_for(service_env_)
+        self.group_offsets = asyncio.run(
+            start_group_at(self.ports.kafka_bootstrap, self.config.topic, self.group, start_offsets)
+        )
+        log(f"webhooks: consumer group {self.group} starts at {self.group_offsets}")
+        for merchant_id in self.merchant_ids:
+            endpoint_id, secret = add_webhook(env, merchant_id, self.receiver.url)
+            self.endpoints[merchant_id] = endpoint_id
+            self.receiver.trust(secret)
+            log(f"webhooks: endpoint {endpoint_id} of {merchant_id} -> {self.receiver.url}")
+        for number in range(1, self.config.webhook_dispatchers + 1):
+            dispatcher = DispatcherProcess(env=env, number=number)
+            dispatcher.start()
+            self.dispatchers.append(dispatcher)
+
+    def wait_joined(self, timeout_s: float = 60.0) -> None:
+        """Until every dispatcher has joined the group (it logs so)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            dead = [d for d in self.dispatchers if not d.running()]
+            if dead:
+                self.print_tails(dead)
+                raise RuntimeError(f"webhook dispatcher {dead[0].number} exited at start")
+            if all("joined group" in d.log_text() for d in self.dispatchers):
+                pids = ", ".join(str(d.pid) for d in self.dispatchers)
+                log(f"webhooks: {len(self.dispatchers)} dispatchers in {self.group} (pids {pids})")
+                return
+            time.sleep(0.3)
+        self.print_tails(self.dispatchers)
+        raise RuntimeError(f"webhook dispatchers not in the group after {timeout_s:.0f} s")
+
+    def print_tails(self, dispatchers: list[DispatcherProcess] | None = None) -> None:
+        """The end of the dispatchers' logs, on stdout."""
+        for dispatcher in dispatchers if dispatchers is not None else self.dispatchers:
+            print(f"--- {dispatcher.log_path} (tail) ---")
+            for line in dispatcher.tail().splitlines():
+                print(f"  {line[:400]}")
+
+    async def start(self, t0: float) -> None:
+        """Open the receiver; the load starts at ``t0`` (monotonic)."""
+        self.t0 = t0
+        self.t0_wall = time.time() - (time.monotonic() - t0)
+        await self.receiver.start()
+
+    async def receiver_outage(self) -> None:
+        """Close the receiver's port for SOAK_RECEIVER_DOWN_S at 48 % of the run (between
+        the PostgreSQL restart and the slow bank): the dispatchers retry."""
+        down_s = self.config.receiver_down_s
+        if down_s <= 0:
+            return
+        delay = 0.48 * self.config.seconds - self.now()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        window = Window(name="webhook receiver down", kind="receiver", start=self.now())
+        self.outage = window
+        try:
+            await self.receiver.stop()
+            log(f"fault: webhook receiver down at {window.start:.1f} s")
+            await asyncio.sleep(down_s)
+        finally:
+            try:
+                await self.receiver.start()
+            except RuntimeError as exc:
+                self.errors.append(str(exc))
+            window.end = self.now()
+            log(f"fault: webhook receiver back at {window.end:.1f} s")
+
+    async def watch_loop(self, stop: asyncio.Event) -> None:
+        """How late this event loop wakes (the receiver's timestamps are that coarse)."""
+        while not stop.is_set():
+            started = time.monotonic()
+            await asyncio.sleep(0.1)
+            self.lag_ms.append((time.monotonic() - started - 0.1) * 1000)
+
+    def committed(self) -> tuple[set[str], int]:
+        """(event ids of the registered merchants' committed events, unpublished events)."""
+        conn = self.db.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT event_id::text FROM outbox_events"
+                    " WHERE payload ->> 'merchant_id' = ANY(%s)",
+                    (self.merchant_ids,),
+                )
+                ids = {row[0] for row in cur.fetchall()}
+                cur.execute("SELECT count(*) FROM outbox_events WHERE published_at IS NULL")
+                row = cur.fetchone()
+        finally:
+            conn.close()
+        return ids, int(row[0]) if row else 0
+
+    def open_deliveries(self) -> int:
+        """Deliveries still pending (a retry or a duplicate may still come)."""
+        conn = self.db.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'")
+                row = cur.fetchone()
+        finally:
+            conn.close()
+        return int(row[0]) if row else 0
+
+    async def wait_delivered(self) -> None:
+        """Wait (SOAK_WEBHOOK_TIMEOUT) until the outbox is drained and every committed event
+        of the registered merchants was received; then (15 s at most) until no delivery is
+        pending."""
+        started = time.monotonic()
+        timeout_s = self.config.webhook_timeout_s
+        missing, unpublished, committed = -1, -1, 0
+        while True:
+            try:
+                ids, unpublished = await asyncio.to_thread(self.committed)
+            except psycopg2.Error as exc:
+                log(f"webhook wait: database error {exc}".strip())
+            else:
+                committed = len(ids)
+                missing = len(ids - {r.webhook_id for r in self.receiver.receipts})
+                if missing == 0 and unpublished == 0:
+                    break
+            if time.monotonic() - started > timeout_s:
+                break
+            await asyncio.sleep(1.0)
+        waited = time.monotonic() - started
+        pending = -1
+        deadline = time.monotonic() + 15.0
+        while time.monotonic() < deadline:
+            with contextlib.suppress(psycopg2.Error):
+                pending = await asyncio.to_thread(self.open_deliveries)
+                if pending == 0:
+                    break
+            await asyncio.sleep(1.0)
+        log(
+            f"webhook wait: {committed - max(missing, 0)} of {committed} events received"
+            f" ({unpublished} unpublished) after {waited:.1f} s; {pending} deliveries pending"
+        )
+        self.wait = {
+            "waited_s": round(waited, 1),
+            "missing_at_the_end": missing,
+            "unpublished_at_the_end": unpublished,
+            "deliveries_pending_after": pending,
+            "ended_at_s": round(self.now(), 1),
+        }
+
+    async def shutdown(self) -> None:
+        """Stop the dispatchers (while the receiver still answers), then the receiver."""
+        await asyncio.to_thread(self.stop_dispatchers)
+        await self.receiver.stop()
+
+    def write_receipts(self) -> Path:
+        """Every delivery the receiver accepted, one JSON object a line."""
+        path = out_dir() / "soak-webhooks-receipts.jsonl"
+        with path.open("w") as handle:
+            for r in self.receiver.receipts:
+                body = r.body or {}
+                handle.write(
+                    json.dumps(
+                        {
+                            "webhook_id": r.webhook_id,
+                            "received_at": r.received_at,
+                            "received_s": round(r.received_at - self.t0_wall, 3),
+                            "event_type": body.get("event_type"),
+                            "transaction_id": body.get("transaction_id"),
+                            "occurred_at": body.get("occurred_at"),
+                        }
+                    )
+                    + "\n"
+                )
+        return path
+
+    def stop_dispatchers(self) -> None:
+        """SIGTERM every dispatcher still running; idempotent."""
+        for dispatcher in self.dispatchers:
+            if dispatcher.process is not None:
+                status = dispatcher.stop()
+                log(f"webhook dispatcher {dispatcher.number} stopped, exit status {status}")
+
+
 # ----------------------------------------------------------------------------- checks
 
 
@@ -1282,6 +1810,7 @@ class Soak:
         self.server: AppServer | None = None
         self.memory: BankMemory | None = None
         self.sampler: RefundSampler | None = None
+        self.webhooks: WebhookDrill | None = None
         self.checks: list[Check] = []
         self.report: dict[str, Any] = {"seed": config.seed, "run": config.run_tag}
         self.rss_warm: list[dict[str, int]] = []
@@ -1312,10 +1841,17 @@ class Soak:
         asyncio.run(clear_expectations(self.ports, SLOW_EXPECTATION_IDS))
         self.start_offsets = topic_end_offsets(self.ports.kafka_bootstrap, self.config.topic)
         log(f"topic {self.config.topic}: offsets before the run {self.start_offsets}")
+        if self.config.webhook_dispatchers > 0:
+            self.webhooks = WebhookDrill(
+                config=self.config, ports=self.ports, db=self.db, merchant_ids=[self.merchant_id]
+            )
+            self.webhooks.prepare(env, self.start_offsets)
         self.server = AppServer(
             env=env, workers=self.config.workers, log_path=out_dir() / "soak-app.log"
         )
         self.server.start()
+        if self.webhooks is not None:
+            self.webhooks.wait_joined()
 
     # -- the drill ------------------------------------------------------------------
 
@@ -1359,14 +1895,24 @@ class Soak:
             f" 58% (bank slow{', worker SIGKILL' if self.config.kill_worker else ''}), 78%"
         )
         stop = asyncio.Event()
+        webhooks = self.webhooks
+        if webhooks is not None:
+            await webhooks.start(t0)
         background = [
             asyncio.create_task(sampler.run(stop)),
             asyncio.create_task(memory.run(stop)),
         ]
+        if webhooks is not None:
+            background.append(asyncio.create_task(webhooks.watch_loop(stop)))
         if not self.config.bank_memory:
             log("bank memory OFF (SOAK_BANK_MEMORY=0): no lookup answers, decisions get lost")
         try:
-            await asyncio.gather(client.run(self.config.seconds), faults.run(), sample_warm())
+            await asyncio.gather(
+                client.run(self.config.seconds),
+                faults.run(),
+                sample_warm(),
+                webhooks.receiver_outage() if webhooks is not None else asyncio.sleep(0),
+            )
             self.rss_end = self.server.memory()
             registered = await memory.sweep()  # once more, now that every request is over
             log(f"load over at {client.now():.1f} s; bank memory: {registered} more lookups")
@@ -1375,9 +1921,13 @@ class Soak:
             await asyncio.gather(*background, return_exceptions=True)
             await memory.sweep(forget=False)  # the last requests, for the checks
             self.bank = memory.log()
+            if webhooks is not None:
+                await webhooks.wait_delivered()
         finally:
             stop.set()
             await asyncio.gather(*background, return_exceptions=True)
+            if webhooks is not None:
+                await webhooks.shutdown()
             await client.aclose()
             await memory.aclose()
         return client
@@ -1891,6 +2441,257 @@ class Soak:
             )
         )
 
+    def check_webhooks(self) -> None:
+        """Every committed event of a registered merchant reached the receiver, signed."""
+        drill = self.webhooks
+        if drill is None:
+            return
+        load_from = datetime.fromtimestamp(drill.t0_wall, UTC)
+        load_to = datetime.fromtimestamp(drill.t0_wall + self.config.seconds, UTC)
+        conn = self.db.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT event_id::text, id, payload, extract(epoch FROM published_at)"
+                    " FROM outbox_events WHERE payload ->> 'merchant_id' = ANY(%s) ORDER BY id",
+                    (drill.merchant_ids,),
+                )
+                committed = {row[0]: (row[1], row[2], row[3]) for row in cur.fetchall()}
+                cur.execute("SELECT status, count(*) FROM webhook_deliveries GROUP BY status")
+                deliveries = {str(status): int(n) for status, n in cur.fetchall()}
+                cur.execute(
+                    "SELECT COALESCE(max(attempts), 0), count(*) FILTER (WHERE attempts > 1)"
+                    " FROM webhook_deliveries"
+                )
+                row = cur.fetchone()
+                max_attempts, retried = (int(row[0]), int(row[1])) if row else (0, 0)
+                cur.execute(
+                    "SELECT endpoint_id, status, disabled_reason FROM webhook_endpoints"
+                    " WHERE merchant_id = ANY(%s)",
+                    (drill.merchant_ids,),
+                )
+                endpoints = cur.fetchall()
+                cur.execute(
+                    "SELECT dispatcher, count(*),"
+                    " count(*) FILTER (WHERE status_code BETWEEN 200 AND 299),"
+                    " count(*) FILTER (WHERE status_code BETWEEN 200 AND 299"
+                    "   AND attempted_at >= %s AND attempted_at < %s)"
+                    " FROM webhook_attempts GROUP BY dispatcher",
+                    (load_from, load_to),
+                )
+                by_claimer = cur.fetchall()
+                cur.execute(
+                    "SELECT COALESCE(error, 'http_' || status_code), count(*) FROM webhook_attempts"
+                    " WHERE status_code IS NULL OR status_code NOT BETWEEN 200 AND 299"
+                    " GROUP BY 1 ORDER BY 2 DESC"
+                )
+                failed_attempts = {str(kind): int(n) for kind, n in cur.fetchall()}
+        finally:
+            conn.close()
+        log(f"webhook receipts recorded in {drill.write_receipts()}")
+        receipts = drill.receiver.receipts
+        counts = Counter(r.webhook_id for r in receipts)
+        first: dict[str, Receipt] = {}
+        for receipt in receipts:  # in arrival order
+            first.setdefault(receipt.webhook_id, receipt)
+        missing = [eid for eid in committed if eid not in first]
+        unknown = [eid for eid in first if eid not in committed]
+        differing = sorted(
+            {
+                r.webhook_id
+                for r in receipts
+                if r.webhook_id in committed and r.body != committed[r.webhook_id][1]
+            }
+        )
+        duplicates = sum(n - 1 for n in counts.values() if n > 1)
+
+        # Commit -> delivery: first receipt - occurred_at (both this machine's UTC clock),
+        # all events and those whose way did not cross a Kafka/PostgreSQL restart, the
+        # worker's SIGKILL or the receiver's outage (plus their grace); and published ->
+        # delivery (the outbox row's published_at: the dispatchers' share alone).
+        def relative(wall: float) -> float:
+            return wall - drill.t0_wall
+
+        blocking = [w for w in self.faults.windows if w.kind in ("kafka", "postgres", "worker")]
+        if drill.outage is not None:
+            blocking.append(drill.outage)
+        latencies: list[float] = []
+        steady: list[float] = []
+        from_topic: list[float] = []
+        from_topic_steady: list[float] = []
+        per_payment: dict[str, list[tuple[float, int, float]]] = defaultdict(list)
+        committed_during_load = 0
+        for eid, (outbox_id, payload, published) in committed.items():
+            occurred = occurred_at(payload)
+            if occurred is None:
+                continue
+            committed_during_load += 0 <= relative(occurred) < self.config.seconds
+            arrived = first.get(eid)
+            if arrived is None:
+                continue
+            latency = (arrived.received_at - occurred) * 1000
+            latencies.append(latency)
+            quiet = not any(
+                w.covers(relative(occurred), relative(arrived.received_at)) for w in blocking
+            )
+            if quiet:
+                steady.append(latency)
+            if published is not None:
+                from_topic.append((arrived.received_at - float(published)) * 1000)
+                if quiet:
+                    from_topic_steady.append(from_topic[-1])
+            per_payment[str(payload.get("transaction_id"))].append(
+                (arrived.received_at, int(outbox_id), occurred)
+            )
+        # Per payment, were the first receipts in the order the events occurred / were
+        # committed (outbox order, which is the topic's)? Reported, not judged.
+        payments_with_several = 0
+        out_of_occurred = out_of_outbox = 0
+        for items in per_payment.values():
+            if len(items) < 2:
+                continue
+            payments_with_several += 1
+            items.sort()
+            occurred_seq = [item[2] for item in items]
+            outbox_seq = [item[1] for item in items]
+            out_of_occurred += occurred_seq != sorted(occurred_seq)
+            out_of_outbox += outbox_seq != sorted(outbox_seq)
+        # Deliveries per second: what the receiver saw during the load (the offered
+        # event rate bounds it: this is not the dispatchers' capacity), and per dispatcher.
+        seconds = self.config.seconds
+        per_second: Counter[int] = Counter(
+            int(relative(r.received_at)) for r in receipts if 0 <= relative(r.received_at) < seconds
+        )
+        during_load = sum(per_second.values())
+        peak_10s = max(
+            (sum(per_second[s] for s in range(start, start + 10)) / 10 for start in per_second),
+            default=0.0,
+        )
+        numbers = {str(d.pid): d for d in drill.dispatchers}
+        per_dispatcher: dict[str, dict[str, Any]] = {}
+        for claimer, attempts, delivered, in_load in by_claimer:
+            parts = str(claimer).split(":")
+            dispatcher = numbers.get(parts[-2]) if len(parts) >= 3 else None
+            label = f"#{dispatcher.number}" if dispatcher else str(claimer)
+            per_dispatcher[label] = {
+                "attempts": int(attempts),
+                "delivered": int(delivered),
+                "delivered_per_s_during_load": round(int(in_load) / seconds, 2),
+            }
+        for dispatcher in drill.dispatchers:
+            per_dispatcher.setdefault(f"#{dispatcher.number}", {}).update(
+                {
+                    "pid": dispatcher.pid,
+                    "running_until_stopped": dispatcher.alive_at_end,
+                    "exit_status": dispatcher.exit_status,
+                    "log": str(dispatcher.log_path),
+                    "log_warnings": dict(dispatcher.warnings().most_common(8)),
+                }
+            )
+        lag = percentiles(drill.lag_ms)
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} committed events never received: {missing[:3]}")
+        if unknown:
+            problems.append(f"{len(unknown)} received events nobody committed: {unknown[:3]}")
+        if differing:
+            problems.append(f"{len(differing)} received with another body: {differing[:3]}")
+        if drill.receiver.refused_signatures:
+            problems.append(f"{drill.receiver.refused_signatures} signatures refused")
+        if drill.receiver.malformed:
+            problems.append(f"{drill.receiver.malformed} signed bodies not a JSON object")
+        if deliveries.get("failed"):
+            problems.append(f"{deliveries['failed']} deliveries given up")
+        not_enabled = [f"{e[0]} {e[1]} {e[2]}" for e in endpoints if e[1] != "enabled"]
+        if not_enabled:
+            problems.append(f"endpoints not enabled: {not_enabled}")
+        broken = [
+            f"#{d.number} {'exit ' + str(d.exit_status) if d.alive_at_end else 'died'}"
+            for d in drill.dispatchers
+            if not d.alive_at_end or d.exit_status != 0
+        ]
+        if broken:
+            problems.append(f"dispatchers not running to the end or not stopping cleanly: {broken}")
+        problems.extend(drill.errors)
+        outage = drill.outage
+        summary: dict[str, Any] = {
+            "merchants": drill.merchant_ids,
+            "endpoints": drill.endpoints,
+            "receiver": drill.receiver.url,
+            "group": drill.group,
+            "group_started_at": drill.group_offsets,
+            "dispatcher_settings": drill.settings,
+            "committed_events": len(committed),
+            "received_events": len(first) - len(unknown),
+            "receipts": len(receipts),
+            "missing": len(missing),
+            "duplicates": duplicates,
+            "unknown_received": len(unknown),
+            "bodies_differing": len(differing),
+            "refused_signatures": drill.receiver.refused_signatures,
+            "deliveries": deliveries,
+            "deliveries_retried": retried,
+            "max_attempts": max_attempts,
+            "failed_attempts": failed_attempts,
+            "endpoints_not_enabled": not_enabled,
+            "commit_to_delivery_ms": percentiles(latencies),
+            "commit_to_delivery_outside_faults_ms": percentiles(steady),
+            "published_to_delivery_ms": percentiles(from_topic),
+            "published_to_delivery_outside_faults_ms": percentiles(from_topic_steady),
+            "deliveries_per_s_during_load": round(during_load / seconds, 2),
+            "events_committed_per_s_during_load": round(committed_during_load / seconds, 2),
+            "peak_10s_deliveries_per_s": round(peak_10s, 2),
+            "per_dispatcher": per_dispatcher,
+            "order": {
+                "payments_with_several_events": payments_with_several,
+                "first_receipts_out_of_occurred_at_order": out_of_occurred,
+                "first_receipts_out_of_outbox_order": out_of_outbox,
+            },
+            "receiver_outage": {
+                "start_s": round(outage.start, 1),
+                "end_s": round(outage.end, 1) if outage.end is not None else None,
+            }
+            if outage is not None
+            else None,
+            "wait": drill.wait,
+            "soak_loop_lag_ms": lag,
+        }
+        self.report["webhooks"] = summary
+        latency = summary["commit_to_delivery_ms"]
+        self.checks.append(
+            Check(
+                "every event of a registered merchant reached the receiver (signature verified)",
+                not problems,
+                "; ".join(problems)
+                or f"{len(committed)} committed events of {len(drill.merchant_ids)} merchant(s)"
+                f" all received by {len(drill.dispatchers)} dispatchers ({duplicates} duplicates,"
+                " 0 signatures refused, 0 given up)",
+                {
+                    k: summary[k]
+                    for k in (
+                        "committed_events",
+                        "received_events",
+                        "missing",
+                        "duplicates",
+                        "refused_signatures",
+                        "deliveries",
+                        "failed_attempts",
+                    )
+                }
+                | {"p50_ms": latency.get("p50"), "p99_ms": latency.get("p99")},
+                warning=_join(
+                    f"{drill.wait.get('deliveries_pending_after')} deliveries still pending"
+                    " after the wait"
+                    if drill.wait.get("deliveries_pending_after")
+                    else None,
+                    f"{out_of_occurred} of {payments_with_several} payments' first receipts out"
+                    f" of occurred_at order ({out_of_outbox} out of outbox order)"
+                    if out_of_occurred or out_of_outbox
+                    else None,
+                ),
+            )
+        )
+
     def check_replays(self, client: LoadClient) -> None:
         """Every answer for a remembered key is the stored one (a 202 replays as the same
         202); a key whose request died answers its current state, never 200 then 202."""
@@ -2168,11 +2969,14 @@ class Soak:
             self.check_settled()
             self.check_refunds()
             self.check_events()
+            self.check_webhooks()
             self.check_replays(client)
             self.check_errors(client)
             self.check_health()
             self.check_workers(self.killed_requests(client, bank))
         finally:
+            if self.webhooks is not None:
+                self.webhooks.stop_dispatchers()  # already stopped unless the drill broke off
             if self.server is not None:
                 code = self.server.stop()
                 log(f"service stopped, exit status {code}")
@@ -2201,6 +3005,44 @@ class Soak:
             print(f"  fault {window['name']:<16} {window['start_s']} s -> {window['end_s']} s")
         for error in load.get("fault_errors", []):
             print(f"  fault error: {error}")
+        hooks = self.report.get("webhooks")
+        if hooks:
+            print(
+                f"\nwebhooks: {hooks['committed_events']} events committed,"
+                f" {hooks['received_events']} received ({hooks['receipts']} POSTs accepted,"
+                f" {hooks['duplicates']} duplicates, {hooks['refused_signatures']} signatures"
+                f" refused) through {len(self.webhooks.dispatchers) if self.webhooks else 0}"
+                f" dispatchers in {hooks['group']}"
+            )
+            for label, key in (
+                ("commit -> delivery, all events", "commit_to_delivery_ms"),
+                ("commit -> delivery, outside faults", "commit_to_delivery_outside_faults_ms"),
+                ("published -> delivery, all events", "published_to_delivery_ms"),
+                (
+                    "published -> delivery, outside faults",
+                    "published_to_delivery_outside_faults_ms",
+                ),
+            ):
+                f = hooks[key]
+                if f.get("n"):
+                    print(
+                        f"  {label:<38} p50 {f['p50']} ms  p95 {f['p95']} ms"
+                        f"  p99 {f['p99']} ms  max {f['max']} ms  (n {f['n']})"
+                    )
+            rates = ", ".join(
+                f"{label} {d.get('delivered_per_s_during_load', 0)}/s"
+                for label, d in hooks["per_dispatcher"].items()
+            )
+            print(
+                f"  deliveries/s during the load {hooks['deliveries_per_s_during_load']}"
+                f" (events committed {hooks['events_committed_per_s_during_load']}/s, best 10 s"
+                f" {hooks['peak_10s_deliveries_per_s']}/s); per dispatcher: {rates}"
+            )
+            print(
+                f"  deliveries {hooks['deliveries']}, {hooks['deliveries_retried']} retried"
+                f" (max {hooks['max_attempts']} attempts), failed attempts"
+                f" {hooks['failed_attempts']}; soak loop lag {hooks['soak_loop_lag_ms']} ms"
+            )
         print()
         for check in self.checks:
             print(f"  [{'ok' if check.ok else 'FAIL'}] {check.name}: {check.detail}")
@@ -2208,6 +3050,10 @@ class Soak:
                 print(f"         {json.dumps(check.figures, default=str)[:600]}")
             if check.warning:
                 print(f"  [warn] {check.warning}")
+        failed_hooks = any(not c.ok and c.name.startswith("every event of") for c in self.checks)
+        if self.webhooks is not None and failed_hooks:
+            print()
+            self.webhooks.print_tails()
         print(f"\nreport: {path}")
 
 

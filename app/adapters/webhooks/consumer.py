@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 import backoff
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from app.services.ports.webhooks import ReceivedEvent
@@ -91,6 +91,28 @@ def parse_event(record: ConsumerRecord[bytes, bytes]) -> ReceivedEvent | None:
     return event
 
 
+class _LoggedRebalances(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Says which partitions this dispatcher reads, as the group assigns them."""
+
+    def __init__(self, group_id: str) -> None:
+        self._group_id = group_id
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        if revoked:
+            logger.info("webhook consumer gives back partitions %s", _names(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        logger.info(
+            "webhook consumer joined group %s: partitions %s",
+            self._group_id,
+            _names(assigned) or "none (more dispatchers than partitions)",
+        )
+
+
+def _names(partitions: set[TopicPartition]) -> str:
+    return ", ".join(f"{p.topic}[{p.partition}]" for p in sorted(partitions))
+
+
 class EventConsumer:
     """Reads the events topic in a consumer group and records deliveries, at least once."""
 
@@ -124,8 +146,7 @@ class EventConsumer:
         """Batches recorded and committed since start (for tests and logs)."""
 
     def _default_consumer(self) -> AIOKafkaConsumer:
-        return AIOKafkaConsumer(
-            self._topic,
+        consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap,
             group_id=self._group_id,
             client_id=self._client_id,
@@ -137,6 +158,8 @@ class EventConsumer:
             heartbeat_interval_ms=max(1000, self._session_timeout_ms // 3),
             max_poll_records=self._batch_size,
         )
+        consumer.subscribe([self._topic], listener=_LoggedRebalances(self._group_id))
+        return consumer
 
     def start(self) -> None:
         """Start consuming in the background; returns at once."""
@@ -183,7 +206,7 @@ class EventConsumer:
                 if self._stopping.is_set():
                     raise asyncio.CancelledError from None
                 continue
-            logger.info("webhook consumer joined group %s on %s", self._group_id, self._topic)
+            logger.info("webhook consumer connected to %s", self._bootstrap)
             return consumer
 
     async def _sleep(self, seconds: float) -> None:

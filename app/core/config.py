@@ -111,7 +111,7 @@ class Settings(BaseSettings):
     webhook_session_timeout_s: float = Field(default=10.0, ge=6.0, le=300.0)
     webhook_timeout_s: float = Field(default=5.0, gt=0, le=30.0)
     webhook_connect_timeout_s: float = Field(default=2.0, gt=0)
-    webhook_max_connections: int = Field(default=100, ge=1)
+    webhook_max_connections: int = Field(default=200, ge=1)
     webhook_response_limit_bytes: int = Field(default=4096, ge=0, le=1024 * 1024)
     webhook_batch_size: int = Field(default=50, ge=1, le=1000)
     # POSTs one dispatcher keeps in flight at once (a slow endpoint holds only its own).
@@ -164,6 +164,17 @@ class Settings(BaseSettings):
         return attempts * (self.bank_connect_timeout_s + self.bank_timeout_s) + (
             self.bank_max_retries * self.bank_backoff_max_s
         )
+
+    @model_validator(mode="after")
+    def _a_connection_for_every_post_in_flight(self) -> Self:
+        # A POST waiting for a pooled connection would time out unsent (the connect
+        # timeout covers the wait), slow endpoints' POSTs holding every connection.
+        if self.webhook_max_connections < self.webhook_max_in_flight:
+            raise ValueError(
+                f"WEBHOOK_MAX_CONNECTIONS ({self.webhook_max_connections}) must be at least "
+                f"WEBHOOK_MAX_IN_FLIGHT ({self.webhook_max_in_flight})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _reconcile_only_after_the_request_gave_up(self) -> Self:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from app.domain.audit import ADMIN_ACTOR, AuditEntry, AuditOutcome
@@ -171,7 +171,7 @@ async def _change(
     action: str,
     change: Callable[[WebhookEndpoint, datetime], WebhookEndpoint],
     *,
-    abandon_pending: bool = False,
+    pending: Literal["abandon", "restart"] | None = None,
     **details: Any,
 ) -> WebhookEndpoint:
     now = admin.clock()
@@ -181,10 +181,12 @@ async def _change(
             raise WebhookEndpointNotFound(f"No webhook endpoint {endpoint_id}.")
         changed = dataclasses.replace(change(endpoint, now), updated_at=now)
         uow.webhooks.update_endpoint(changed)
-        if abandon_pending:
+        if pending == "abandon":
             details["abandoned_deliveries"] = await uow.webhooks.abandon_pending(
                 endpoint_id, at=now
             )
+        elif pending == "restart":
+            details["waiting_deliveries"] = await uow.webhooks.restart_pending(endpoint_id, at=now)
         uow.audit.append(_audit(action, changed, now, **details))
         await uow.commit()
     return changed
@@ -202,7 +204,7 @@ async def remove_endpoint(admin: WebhookAdmin, *, endpoint_id: str) -> WebhookEn
         endpoint_id,
         "webhook.remove",
         lambda endpoint, _: dataclasses.replace(endpoint, status=EndpointStatus.REMOVED),
-        abandon_pending=True,
+        pending="abandon",
     )
 
 
@@ -225,7 +227,8 @@ async def disable_endpoint(admin: WebhookAdmin, *, endpoint_id: str) -> WebhookE
 
 
 async def enable_endpoint(admin: WebhookAdmin, *, endpoint_id: str) -> WebhookEndpoint:
-    """Deliver to a disabled endpoint again (its pending deliveries go out at once).
+    """Deliver to a disabled endpoint again: its pending deliveries go out at once, each
+    with a fresh retry window (the days it was disabled do not count against them).
 
     Raises:
         WebhookEndpointNotFound: No such endpoint, or removed.
@@ -237,6 +240,7 @@ async def enable_endpoint(admin: WebhookAdmin, *, endpoint_id: str) -> WebhookEn
         lambda endpoint, _: dataclasses.replace(
             endpoint, status=EndpointStatus.ENABLED, failing_since=None, disabled_reason=None
         ),
+        pending="restart",
     )
 
 

@@ -309,3 +309,26 @@ async def test_removing_an_endpoint_gives_up_its_pending_deliveries(
     }
     (gone,) = [r for r in stored if r["endpoint_id"] == removed.endpoint_id]
     assert (gone["last_error"], gone["finished_at"]) == ("endpoint_removed", at)
+
+
+async def test_enabling_an_endpoint_gives_what_waited_a_fresh_window(
+    merchant: MerchantCredentials, uow_factory: UowFactory, engine: AsyncEngine
+) -> None:
+    waiting = endpoint(merchant.merchant_id, status=EndpointStatus.DISABLED)
+    await add(uow_factory, waiting)
+    await record(uow_factory, event(merchant.merchant_id, "txn_1"))
+    async with engine.begin() as conn:  # recorded four days ago, and tried twice since
+        await conn.execute(
+            text(
+                "UPDATE webhook_deliveries SET created_at = now() - interval '4 days', "
+                "attempts = 2, next_attempt_at = now() + interval '1 hour'"
+            )
+        )
+    at = datetime.now(UTC)
+    async with uow_factory() as uow:
+        uow.webhooks.update_endpoint(dataclasses.replace(waiting, status=EndpointStatus.ENABLED))
+        restarted = await uow.webhooks.restart_pending(waiting.endpoint_id, at=at)
+        await uow.commit()
+    assert restarted == 1
+    (due,) = await claim(uow_factory)
+    assert (due.attempts, due.recorded_at) == (0, at)

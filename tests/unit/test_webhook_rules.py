@@ -312,3 +312,9 @@ async def test_a_woken_periodic_task_runs_at_once_instead_of_after_its_pause() -
     finally:
         await task.stop()
     assert len(runs) == 2 and runs[1] - runs[0] < 1.0
+
+
+def test_a_dispatcher_has_a_connection_for_every_post_in_flight() -> None:
+    assert make_settings().webhook_max_connections >= make_settings().webhook_max_in_flight
+    with pytest.raises(ValueError, match="WEBHOOK_MAX_CONNECTIONS"):
+        make_settings(webhook_max_in_flight=300, webhook_max_connections=100)

@@ -207,6 +207,14 @@ WHERE endpoint_id = :endpoint_id AND status = 'pending'
 """
 )
 
+_RESTART_PENDING = text(
+    """
+UPDATE webhook_deliveries
+SET attempts = 0, next_attempt_at = :at, created_at = :at, claimed_by = NULL, claimed_until = NULL
+WHERE endpoint_id = :endpoint_id AND status = 'pending'
+"""
+)
+
 _BACKLOG = text(
     """
 SELECT d.endpoint_id, ep.merchant_id, count(*) AS pending,
@@ -473,6 +481,14 @@ class WebhookRepository:
         """Give up the endpoint's pending deliveries (it is removed); how many."""
         result = await self._session.execute(
             _ABANDON_PENDING, {"endpoint_id": endpoint_id, "at": at}
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    async def restart_pending(self, endpoint_id: str, *, at: datetime) -> int:
+        """Make the endpoint's pending deliveries due now, with a fresh retry window (it
+        is enabled again); how many."""
+        result = await self._session.execute(
+            _RESTART_PENDING, {"endpoint_id": endpoint_id, "at": at}
         )
         return int(getattr(result, "rowcount", 0) or 0)
 

@@ -177,6 +177,11 @@ class WebhookRepository(Protocol):
         """Give up the endpoint's pending deliveries (it is being removed); how many."""
         ...
 
+    async def restart_pending(self, endpoint_id: str, *, at: datetime) -> int:
+        """Make the endpoint's pending deliveries due at ``at``, from a first attempt with
+        a fresh retry window (it is enabled again); how many."""
+        ...
+
     async def backlog(self) -> list[EndpointBacklog]:
         """Pending deliveries of each enabled endpoint that has any, and the oldest's age."""
         ...

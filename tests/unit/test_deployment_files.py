@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ EXPECTED_IMAGES = {
     "datadog-agent": re.compile(r"^gcr\.io/datadoghq/agent:7$"),
 }
 ONE_SHOT = {"migrate", "kafka-init"}
-LONG_RUNNING = {"app", "postgres", "zookeeper", "kafka", "mockserver", "datadog-agent"}
+LONG_RUNNING = {"app", "webhooks", "postgres", "zookeeper", "kafka", "mockserver", "datadog-agent"}
 CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|API_KEY|PEPPER|ENCRYPTION_KEYS|FINGERPRINT_KEY")
 INTERPOLATION = re.compile(r"^\$\{[A-Z0-9_]+(:?-[^}]*)?\}$")
@@ -155,6 +156,37 @@ def test_app_starts_after_migrations_topic_and_healthy_dependencies() -> None:
     assert _services()["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert _services()["kafka"]["depends_on"]["zookeeper"]["condition"] == "service_healthy"
     assert _services()["kafka-init"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+
+
+def test_webhook_dispatcher_runs_from_the_app_image_with_the_app_configuration() -> None:
+    services = _services()
+    webhooks, app = services["webhooks"], services["app"]
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text("utf-8"))["project"]["scripts"]
+    assert scripts["payments-webhooks"] == "app.dispatcher:main"
+    assert webhooks["command"] == ["payments-webhooks"]
+    assert webhooks["image"] == app["image"]
+    assert not webhooks.get("ports"), "the dispatcher serves nothing"
+    # The same settings as the API (the dispatcher needs the vault keys, the topic, the
+    # database), minus what only uvicorn reads; the same Datadog tags and log source.
+    app_env = {k: v for k, v in app["environment"].items() if k not in EXTRA_APP_ENV}
+    assert webhooks["environment"] == app_env
+    assert webhooks["labels"] == app["labels"]
+    assert "://payments_app:" in webhooks["environment"]["DATABASE_URL"]
+    depends_on = {
+        dependency: spec["condition"] for dependency, spec in webhooks["depends_on"].items()
+    }
+    assert depends_on == {
+        "migrate": "service_completed_successfully",
+        "kafka-init": "service_completed_successfully",
+        "postgres": "service_healthy",
+        "kafka": "service_healthy",
+        "datadog-agent": "service_started",
+    }
+    # Its healthcheck cannot be the image's (/health/live on the API's port).
+    assert "/health" not in json.dumps(webhooks["healthcheck"]["test"])
+    assert "payments-webhooks" in json.dumps(webhooks["healthcheck"]["test"])
+    assert webhooks["restart"] == "unless-stopped"
+    assert webhooks["stop_grace_period"] in {"1m0s", "60s"}, webhooks["stop_grace_period"]
 
 
 def test_migrations_run_once_in_their_own_service_as_the_schema_owner() -> None:

@@ -333,6 +333,8 @@ def _own_markdown() -> list[Path]:
         DOCS / "api.md",
         DOCS / "deployment.md",
         DOCS / "runbook.md",
+        DOCS / "events.md",
+        DOCS / "webhooks.md",
         *sorted(ARCHITECTURE.glob("*.md")),
         *sorted((DOCS / "adr").glob("*.md")),
     ]

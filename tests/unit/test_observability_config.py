@@ -3,8 +3,9 @@
 Agent YAML files parse and set what the service relies on; the logs pipeline remaps the
 fields the app's log lines really have; the dashboard and monitors are structurally
 importable; and the metric names agree in both directions: every ``payment_service.*``
-metric a widget or monitor queries is one the code emits (:data:`CATALOGUE`), and every
-metric the code emits is on the dashboard.
+metric a widget or monitor queries is one the code emits (:data:`CATALOGUE`), filtered or
+grouped only by tags the code sends with it, and every metric the code emits is on the
+dashboard.
 """
 
 from __future__ import annotations
@@ -228,6 +229,34 @@ def test_every_business_metric_queried_is_one_the_code_emits() -> None:
         assert len(named) == query.count(f"{PREFIX}."), f"unparsed metric name in {query!r}"
         for name in named:
             assert name in CATALOGUED, f"{name} is queried but never emitted"
+
+
+AGENT_TAGS = {"env", "service", "version", "host"}
+"""Tags every series carries from the Agent and unified service tagging, not from the code."""
+
+METRIC_TAGS = re.compile(rf"({PREFIX}\.[a-z0-9_.]+?)\{{([^}}]*)\}}(?:\s*by\s*\{{([^}}]*)\}})?")
+
+
+def queried_tags(query: str) -> Iterator[tuple[str, str]]:
+    """Each (metric, tag) a query filters or groups a business metric by."""
+    for name, scope, group in METRIC_TAGS.findall(query):
+        for item in scope.split(","):
+            item = item.strip().lstrip("!")
+            if ":" in item and not item.startswith("$"):
+                yield name, item.split(":", 1)[0]
+        for tag in filter(None, (t.strip() for t in group.split(","))):
+            yield name, tag
+
+
+def test_every_tag_queried_is_one_the_metric_carries() -> None:
+    """A query by a tag the code does not send (a merchant id, say) shows nothing."""
+    tags = {spec.full_name: set(spec.tags) | AGENT_TAGS for spec in CATALOGUE}
+    queried = [
+        pair for query in dashboard_queries() + monitor_queries() for pair in queried_tags(query)
+    ]
+    assert ("payment_service.webhooks.backlog.oldest_age_s", "endpoint_id") in queried
+    wrong = [(name, tag) for name, tag in queried if tag not in tags.get(name, AGENT_TAGS)]
+    assert not wrong, f"queried by tags the code does not send: {sorted(set(wrong))}"
 
 
 def test_every_metric_the_code_emits_is_on_the_dashboard() -> None:

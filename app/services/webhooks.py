@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import json
 import logging
 import secrets
 import time
@@ -21,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from app.core.jsoncodec import dump_json
 from app.domain.audit import ADMIN_ACTOR, AuditEntry, AuditOutcome
 from app.domain.errors import MerchantNotFound, ValidationFailed, WebhookEndpointNotFound
 from app.domain.webhooks import (
@@ -50,8 +50,6 @@ DISPATCHER_ACTOR = "payments-webhooks"
 
 SECRET_BYTES = 24
 """Random bytes in a signing secret (``whsec_`` and their base64, as Standard Webhooks)."""
-
-JSON_SEPARATORS = (",", ":")
 
 
 def generate_secret() -> str:
@@ -171,7 +169,7 @@ async def _change(
     action: str,
     change: Callable[[WebhookEndpoint, datetime], WebhookEndpoint],
     *,
-    pending: Literal["abandon", "restart"] | None = None,
+    pending: Literal["abandon", "park", "restart"] | None = None,
     **details: Any,
 ) -> WebhookEndpoint:
     now = admin.clock()
@@ -185,6 +183,8 @@ async def _change(
             details["abandoned_deliveries"] = await uow.webhooks.abandon_pending(
                 endpoint_id, at=now
             )
+        elif pending == "park":
+            details["parked_deliveries"] = await uow.webhooks.park_pending(endpoint_id)
         elif pending == "restart":
             details["waiting_deliveries"] = await uow.webhooks.restart_pending(endpoint_id, at=now)
         uow.audit.append(_audit(action, changed, now, **details))
@@ -222,6 +222,7 @@ async def disable_endpoint(admin: WebhookAdmin, *, endpoint_id: str) -> WebhookE
         lambda endpoint, _: dataclasses.replace(
             endpoint, status=EndpointStatus.DISABLED, disabled_reason="operator"
         ),
+        pending="park",
         reason="operator",
     )
 
@@ -419,7 +420,7 @@ class InFlight:
 
 def body_bytes(delivery: DueDelivery) -> bytes:
     """The delivery's JSON body, as sent and signed."""
-    return json.dumps(delivery.body, separators=JSON_SEPARATORS, ensure_ascii=False).encode()
+    return dump_json(delivery.body).encode()
 
 
 async def _send(dispatch: Dispatch, delivery: DueDelivery) -> AttemptRecord:
@@ -478,6 +479,7 @@ async def _send(dispatch: Dispatch, delivery: DueDelivery) -> AttemptRecord:
     return AttemptRecord(
         delivery_id=delivery.delivery_id,
         endpoint_id=endpoint.endpoint_id,
+        transaction_id=delivery.transaction_id,
         result=result,
         attempted_at=now,
         attempt=attempt,
@@ -547,11 +549,14 @@ async def record_finished(dispatch: Dispatch, records: Sequence[AttemptRecord]) 
     failed_endpoints = sorted({r.endpoint_id for r in records if not r.result.delivered})
     gave_up = [(r.endpoint_id, r.delivery_id) for r in records if r.status is DeliveryStatus.FAILED]
     async with dispatch.uow_factory() as uow:
-        await uow.webhooks.record_attempts(records)
+        await uow.webhooks.record_attempts(
+            records, ordered_attempts=dispatch.policy.ordered_attempts
+        )
         given_up = await uow.webhooks.endpoints_to_disable(
             failed=failed_endpoints, given_up=gave_up, since=now - dispatch.policy.window
         )
         for endpoint in given_up:
+            await uow.webhooks.park_pending(endpoint.endpoint_id)
             uow.webhooks.update_endpoint(
                 dataclasses.replace(
                     endpoint,

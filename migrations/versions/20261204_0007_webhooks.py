@@ -120,8 +120,8 @@ def upgrade() -> None:
             "attempts >= 0", name=op.f("ck_webhook_deliveries_attempts_not_negative")
         ),
         sa.CheckConstraint(
-            "(status = 'pending') = (next_attempt_at IS NOT NULL)",
-            name=op.f("ck_webhook_deliveries_pending_has_next_attempt"),
+            "status = 'pending' OR next_attempt_at IS NULL",
+            name=op.f("ck_webhook_deliveries_only_pending_is_scheduled"),
         ),
         sa.ForeignKeyConstraint(
             ["event_id"],
@@ -141,9 +141,9 @@ def upgrade() -> None:
         ),
     )
     op.create_index(
-        "ix_webhook_deliveries_next_attempt_at",
+        "ix_webhook_deliveries_due",
         "webhook_deliveries",
-        ["next_attempt_at"],
+        ["next_attempt_at", "id"],
         postgresql_where=sa.text("status = 'pending'"),
     )
     op.create_index(

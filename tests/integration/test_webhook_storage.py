@@ -95,6 +95,7 @@ def outcome(
     return AttemptRecord(
         delivery_id=due.delivery_id,
         endpoint_id=due.endpoint.endpoint_id,
+        transaction_id=due.transaction_id,
         result=AttemptResult(status_code=204 if delivered else 500, error=None, seconds=0.01),
         attempted_at=now,
         attempt=due.attempts + 1,
@@ -104,9 +105,11 @@ def outcome(
     )
 
 
-async def store(uow_factory: UowFactory, *records: AttemptRecord) -> None:
+async def store(
+    uow_factory: UowFactory, *records: AttemptRecord, ordered_attempts: int = 3
+) -> None:
     async with uow_factory() as uow:
-        await uow.webhooks.record_attempts(list(records))
+        await uow.webhooks.record_attempts(list(records), ordered_attempts=ordered_attempts)
         await uow.commit()
 
 
@@ -332,3 +335,90 @@ async def test_enabling_an_endpoint_gives_what_waited_a_fresh_window(
     assert restarted == 1
     (due,) = await claim(uow_factory)
     assert (due.attempts, due.recorded_at) == (0, at)
+
+
+async def test_a_retried_delivery_holds_its_payments_later_ones_back_until_it_is_due(
+    merchant: MerchantCredentials, uow_factory: UowFactory, engine: AsyncEngine
+) -> None:
+    await add(uow_factory, endpoint(merchant.merchant_id))
+    first = event(merchant.merchant_id, "txn_1")
+    await record(uow_factory, first)
+    (due,) = await claim(uow_factory)
+    retry_at = datetime.now(UTC) + timedelta(minutes=5)
+    failed = dataclasses.replace(outcome(due, delivered=False), next_attempt_at=retry_at)
+    await store(uow_factory, failed)
+    # Recorded after the failure: not due before the earlier one.
+    later = event(merchant.merchant_id, "txn_1")
+    await record(uow_factory, later)
+    stored = await rows(engine, "SELECT event_id, next_attempt_at FROM webhook_deliveries")
+    assert {r["event_id"]: r["next_attempt_at"] for r in stored} == {
+        first.event_id: retry_at,
+        later.event_id: retry_at,
+    }
+    assert await claim(uow_factory) == []
+
+    # Recorded together, then the first fails: the later one is pushed behind it.
+    second_payment = [event(merchant.merchant_id, "txn_2") for _ in range(2)]
+    await record(uow_factory, *second_payment)
+    (head,) = await claim(uow_factory)
+    assert head.event_id == second_payment[0].event_id
+    await store(
+        uow_factory, dataclasses.replace(outcome(head, delivered=False), next_attempt_at=retry_at)
+    )
+    assert await claim(uow_factory) == []
+    # When they are due, and past ordered_attempts, nobody is held back any more.
+    due = await claim(uow_factory, at=retry_at + timedelta(seconds=1), ordered_attempts=1)
+    assert {d.event_id for d in due} == {e.event_id for e in (first, later, *second_payment)}
+
+
+async def test_a_disabled_endpoints_deliveries_are_parked_and_never_crowd_out_due_ones(
+    merchant: MerchantCredentials,
+    create_merchant: Callable[..., Any],
+    uow_factory: UowFactory,
+    engine: AsyncEngine,
+) -> None:
+    other = await create_merchant(merchant_id="merchant_busy_hooks")
+    parked = endpoint(merchant.merchant_id, status=EndpointStatus.DISABLED)
+    busy = endpoint(other.merchant_id)
+    await add(uow_factory, parked, busy)
+    # A backlog ten times the claim window for the disabled endpoint, recorded first...
+    for start in range(0, 1000, 250):
+        await record(
+            uow_factory,
+            *(event(merchant.merchant_id, f"txn_p{n}") for n in range(start, start + 250)),
+        )
+    # ...and, behind it, payments of another merchant whose first delivery is being retried.
+    await record(uow_factory, *(event(other.merchant_id, f"txn_b{n}") for n in range(100)))
+    heads = await claim(uow_factory, limit=100)
+    assert len(heads) == 100
+    retry_at = datetime.now(UTC) + timedelta(hours=1)
+    await store(
+        uow_factory,
+        *(
+            dataclasses.replace(outcome(d, delivered=False), next_attempt_at=retry_at)
+            for d in heads
+        ),
+    )
+    await record(uow_factory, *(event(other.merchant_id, f"txn_b{n}") for n in range(100)))
+    fresh = [event(other.merchant_id, f"txn_new{n}") for n in range(5)]
+    await record(uow_factory, *fresh)
+
+    due = await claim(uow_factory, limit=5)
+    assert {d.event_id for d in due} == {e.event_id for e in fresh}
+    parked_rows = [
+        r
+        for r in await rows(engine, "SELECT endpoint_id, next_attempt_at FROM webhook_deliveries")
+        if r["endpoint_id"] == parked.endpoint_id
+    ]
+    assert len(parked_rows) == 1000 and all(r["next_attempt_at"] is None for r in parked_rows)
+
+    # Enabled again: everything that waited is due at once, with a fresh window.
+    at = datetime.now(UTC)
+    async with uow_factory() as uow:
+        uow.webhooks.update_endpoint(dataclasses.replace(parked, status=EndpointStatus.ENABLED))
+        assert await uow.webhooks.restart_pending(parked.endpoint_id, at=at) == 1000
+        await uow.commit()
+    assert len(await claim(uow_factory, limit=200)) == 200
+    async with uow_factory() as uow:
+        assert await uow.webhooks.park_pending(parked.endpoint_id) == 1000
+        await uow.commit()

@@ -458,13 +458,15 @@ class WebhookDeliveryRow(Base):
         UniqueConstraint("event_id", "endpoint_id"),
         CheckConstraint(_in("status", DELIVERY_STATUSES), name="status_valid"),
         CheckConstraint("attempts >= 0", name="attempts_not_negative"),
+        # Only a pending delivery has a next attempt (none while its endpoint is disabled).
         CheckConstraint(
-            "(status = 'pending') = (next_attempt_at IS NOT NULL)", name="pending_has_next_attempt"
+            "status = 'pending' OR next_attempt_at IS NULL", name="only_pending_is_scheduled"
         ),
-        # Due deliveries, soonest first.
+        # Due deliveries, soonest first: the claim walks this in order.
         Index(
-            "ix_webhook_deliveries_next_attempt_at",
+            "ix_webhook_deliveries_due",
             "next_attempt_at",
+            "id",
             postgresql_where=text("status = 'pending'"),
         ),
         # An earlier pending delivery of the same payment to the same endpoint (order).

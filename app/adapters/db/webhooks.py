@@ -8,7 +8,6 @@ only operators write, go through the unit's write batch like every other admin c
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -18,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.adapters.db.models import WebhookEndpointRow
 from app.adapters.db.write_batch import WriteBatch
-from app.domain.webhooks import EndpointStatus, WebhookEndpoint
+from app.core.jsoncodec import dump_json
+from app.domain.webhooks import DeliveryStatus, EndpointStatus, WebhookEndpoint
 from app.services.ports.webhooks import (
     AttemptRecord,
     DueDelivery,
@@ -27,6 +27,10 @@ from app.services.ports.webhooks import (
 )
 
 ENDPOINTS = cast(Table, WebhookEndpointRow.__table__)
+
+CLAIM_WINDOW_FACTOR = 4
+CLAIM_WINDOW_SLACK = 50
+"""A claim of ``limit`` looks at the ``4 * limit + 50`` soonest due deliveries at most."""
 
 _RECORD_EVENTS = text(
     """
@@ -40,7 +44,7 @@ WITH incoming AS (
                           body, trace_context, n)
 ),
 targets AS (
-    SELECT i.n, i.event_id, i.transaction_id, ep.endpoint_id
+    SELECT i.n, i.event_id, i.transaction_id, ep.endpoint_id, ep.status
     FROM incoming i
     JOIN webhook_endpoints ep
       -- A disabled endpoint's deliveries are recorded too: they wait until it is enabled.
@@ -55,22 +59,44 @@ kept AS (
     FROM incoming WHERE event_id IN (SELECT event_id FROM targets)
     ON CONFLICT (event_id) DO NOTHING
 )
+-- Due now; not before an earlier pending delivery of the same payment to the endpoint
+-- (order per payment); not at all (parked) while the endpoint is disabled.
 INSERT INTO webhook_deliveries (event_id, endpoint_id, transaction_id, next_attempt_at)
-SELECT event_id, endpoint_id, transaction_id, now() FROM targets ORDER BY n, endpoint_id
+SELECT t.event_id, t.endpoint_id, t.transaction_id,
+       CASE WHEN t.status = 'enabled' THEN greatest(now(), (
+           SELECT max(o.next_attempt_at) FROM webhook_deliveries o
+           WHERE o.endpoint_id = t.endpoint_id AND o.transaction_id = t.transaction_id
+             AND o.status = 'pending'
+       )) END
+FROM targets t ORDER BY t.n, t.endpoint_id
 ON CONFLICT (event_id, endpoint_id) DO NOTHING
 RETURNING id
 """
 )
 
+# Two steps, so a claim costs the same with a backlog of millions: a bounded window of the
+# soonest due deliveries, walked in index order (ix_webhook_deliveries_due); then, for
+# each, its endpoint and whether an earlier delivery of its payment is still pending (one
+# probe of ix_webhook_deliveries_pending_order). A delivery held back that way is rarely in
+# the window: it is scheduled no sooner than the one it waits for, and a disabled
+# endpoint's deliveries are parked (no next attempt).
 _CLAIM_DUE = text(
     """
-WITH due AS MATERIALIZED (
+WITH window_ AS MATERIALIZED (
     SELECT d.id
     FROM webhook_deliveries d
-    JOIN webhook_endpoints ep ON ep.endpoint_id = d.endpoint_id
     WHERE d.status = 'pending' AND d.next_attempt_at <= :now
       AND (d.claimed_until IS NULL OR d.claimed_until < :now)
-      AND ep.status = 'enabled'
+    ORDER BY d.next_attempt_at, d.id
+    LIMIT :window
+),
+due AS MATERIALIZED (
+    SELECT d.id
+    FROM window_ w
+    JOIN webhook_deliveries d ON d.id = w.id
+    JOIN webhook_endpoints ep ON ep.endpoint_id = d.endpoint_id
+    WHERE ep.status = 'enabled' AND d.status = 'pending'
+      AND (d.claimed_until IS NULL OR d.claimed_until < :now)
       AND NOT EXISTS (
           SELECT 1 FROM webhook_deliveries o
           WHERE o.endpoint_id = d.endpoint_id AND o.transaction_id = d.transaction_id
@@ -83,9 +109,10 @@ WITH due AS MATERIALIZED (
 claimed AS (
     UPDATE webhook_deliveries d SET claimed_by = :claimer, claimed_until = :until
     FROM due WHERE d.id = due.id
-    RETURNING d.id, d.event_id, d.endpoint_id, d.attempts, d.created_at
+    RETURNING d.id, d.event_id, d.endpoint_id, d.transaction_id, d.attempts, d.created_at
 )
-SELECT c.id AS delivery_id, c.event_id, c.attempts, c.created_at AS recorded_at,
+SELECT c.id AS delivery_id, c.event_id, c.transaction_id, c.attempts,
+       c.created_at AS recorded_at,
        ev.event_type, ev.occurred_at, ev.body, ev.trace_context,
        ep.endpoint_id, ep.merchant_id, ep.url, ep.event_types, ep.status,
        ep.secret_ciphertext, ep.previous_secret_ciphertext, ep.previous_secret_expires_at,
@@ -116,7 +143,8 @@ _MOVE_DELIVERIES = text(
 UPDATE webhook_deliveries d
 SET status = r.status,
     attempts = r.attempt,
-    next_attempt_at = r.next_attempt_at,
+    -- Parked if its endpoint was disabled meanwhile.
+    next_attempt_at = CASE WHEN ep.status = 'enabled' THEN r.next_attempt_at END,
     last_attempt_at = r.attempted_at,
     last_status_code = r.status_code,
     last_error = r.error,
@@ -129,8 +157,25 @@ FROM unnest(
     CAST(:attempts AS integer[]), CAST(:next_attempt_ats AS timestamptz[]),
     CAST(:attempted_ats AS timestamptz[]), CAST(:status_codes AS integer[]),
     CAST(:errors AS varchar[]), CAST(:dispatchers AS varchar[])
-) AS r(id, status, attempt, next_attempt_at, attempted_at, status_code, error, dispatcher)
+) AS r(id, status, attempt, next_attempt_at, attempted_at, status_code, error, dispatcher),
+     webhook_endpoints ep
 WHERE d.id = r.id AND d.claimed_by = r.dispatcher AND d.status = 'pending'
+  AND ep.endpoint_id = d.endpoint_id
+"""
+)
+
+# A delivery retried later holds back the later deliveries of its payment to its endpoint
+# (while it has fewer than WEBHOOK_ORDERED_ATTEMPTS attempts): they are not due before it.
+_HOLD_BACK_FOLLOWERS = text(
+    """
+UPDATE webhook_deliveries s
+SET next_attempt_at = r.next_attempt_at
+FROM unnest(
+    CAST(:endpoint_ids AS varchar[]), CAST(:transaction_ids AS varchar[]),
+    CAST(:delivery_ids AS bigint[]), CAST(:next_attempt_ats AS timestamptz[])
+) AS r(endpoint_id, transaction_id, id, next_attempt_at)
+WHERE s.endpoint_id = r.endpoint_id AND s.transaction_id = r.transaction_id
+  AND s.status = 'pending' AND s.id > r.id AND s.next_attempt_at < r.next_attempt_at
 """
 )
 
@@ -178,7 +223,7 @@ FOR UPDATE OF ep
 _REPLAY = text(
     """
 WITH chosen AS (
-    SELECT ev.event_id, ev.transaction_id, ep.endpoint_id
+    SELECT ev.event_id, ev.transaction_id, ep.endpoint_id, ep.status AS endpoint_status
     FROM webhook_events ev
     JOIN webhook_endpoints ep
       ON ep.merchant_id = ev.merchant_id AND ep.status IN ('enabled', 'disabled')
@@ -190,9 +235,12 @@ WITH chosen AS (
 )
 INSERT INTO webhook_deliveries
     (event_id, endpoint_id, transaction_id, next_attempt_at, created_at)
-SELECT event_id, endpoint_id, transaction_id, :now, :now FROM chosen
+SELECT event_id, endpoint_id, transaction_id,
+       CASE WHEN endpoint_status = 'enabled' THEN CAST(:now AS timestamptz) END, :now
+FROM chosen
 ON CONFLICT (event_id, endpoint_id) DO UPDATE
-SET status = 'pending', attempts = 0, next_attempt_at = :now, created_at = :now,
+SET status = 'pending', attempts = 0, next_attempt_at = excluded.next_attempt_at,
+    created_at = :now,
     claimed_by = NULL, claimed_until = NULL, delivered_at = NULL, finished_at = NULL,
     last_status_code = NULL, last_error = NULL
 """
@@ -203,6 +251,13 @@ _ABANDON_PENDING = text(
 UPDATE webhook_deliveries
 SET status = 'failed', next_attempt_at = NULL, finished_at = :at,
     last_error = 'endpoint_removed', claimed_by = NULL, claimed_until = NULL
+WHERE endpoint_id = :endpoint_id AND status = 'pending'
+"""
+)
+
+_PARK_PENDING = text(
+    """
+UPDATE webhook_deliveries SET next_attempt_at = NULL
 WHERE endpoint_id = :endpoint_id AND status = 'pending'
 """
 )
@@ -285,7 +340,7 @@ def _endpoint_values(endpoint: WebhookEndpoint) -> dict[str, Any]:
 
 
 def _json_text(value: Mapping[str, Any]) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return dump_json(value)
 
 
 class WebhookRepository:
@@ -373,6 +428,7 @@ class WebhookRepository:
                         "now": now,
                         "until": now + lease,
                         "limit": limit,
+                        "window": CLAIM_WINDOW_FACTOR * limit + CLAIM_WINDOW_SLACK,
                         "ordered_attempts": ordered_attempts,
                     },
                 )
@@ -385,6 +441,7 @@ class WebhookRepository:
                 delivery_id=row["delivery_id"],
                 event_id=row["event_id"],
                 event_type=row["event_type"],
+                transaction_id=row["transaction_id"],
                 endpoint=endpoint_from_row(row),
                 body=row["body"],
                 attempts=row["attempts"],
@@ -395,9 +452,12 @@ class WebhookRepository:
             for row in rows
         ]
 
-    async def record_attempts(self, records: Sequence[AttemptRecord]) -> None:
-        """Three statements whatever the number of attempts: the attempts, the deliveries
-        moved on, the endpoints' failing time."""
+    async def record_attempts(
+        self, records: Sequence[AttemptRecord], *, ordered_attempts: int
+    ) -> None:
+        """A few statements whatever the number of attempts: the attempts, the deliveries
+        moved on, their payments' later deliveries held back behind a retry, the
+        endpoints' failing time."""
         if not records:
             return
         common = {
@@ -420,6 +480,21 @@ class WebhookRepository:
                 "next_attempt_ats": [r.next_attempt_at for r in records],
             },
         )
+        held = [
+            r
+            for r in records
+            if r.status is DeliveryStatus.PENDING and r.attempt < ordered_attempts
+        ]
+        if held:
+            await self._session.execute(
+                _HOLD_BACK_FOLLOWERS,
+                {
+                    "endpoint_ids": [r.endpoint_id for r in held],
+                    "transaction_ids": [r.transaction_id for r in held],
+                    "delivery_ids": [r.delivery_id for r in held],
+                    "next_attempt_ats": [r.next_attempt_at for r in held],
+                },
+            )
         succeeded = sorted({r.endpoint_id for r in records if r.result.delivered})
         failed = sorted({r.endpoint_id for r in records if not r.result.delivered} - set(succeeded))
         if succeeded:
@@ -482,6 +557,11 @@ class WebhookRepository:
         result = await self._session.execute(
             _ABANDON_PENDING, {"endpoint_id": endpoint_id, "at": at}
         )
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    async def park_pending(self, endpoint_id: str) -> int:
+        """Unschedule the endpoint's pending deliveries (it is disabled); how many."""
+        result = await self._session.execute(_PARK_PENDING, {"endpoint_id": endpoint_id})
         return int(getattr(result, "rowcount", 0) or 0)
 
     async def restart_pending(self, endpoint_id: str, *, at: datetime) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -24,6 +23,7 @@ import backoff
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+from app.core.jsoncodec import load_json
 from app.services.ports.webhooks import ReceivedEvent
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def _delays(first_s: float) -> Iterator[float]:
 def parse_event(record: ConsumerRecord[bytes, bytes]) -> ReceivedEvent | None:
     """The event a record carries, or None (logged) when it is not one."""
     try:
-        body: dict[str, Any] = json.loads(record.value or b"")
+        body: dict[str, Any] = load_json(record.value or b"")
         event = ReceivedEvent(
             event_id=uuid.UUID(body["event_id"]),
             event_type=str(body["event_type"]),

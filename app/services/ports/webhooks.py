@@ -49,6 +49,7 @@ class DueDelivery:
     delivery_id: int
     event_id: uuid.UUID
     event_type: str
+    transaction_id: str
     endpoint: WebhookEndpoint
     body: Mapping[str, Any]
     attempts: int
@@ -80,6 +81,7 @@ class AttemptRecord:
 
     delivery_id: int
     endpoint_id: str
+    transaction_id: str
     result: AttemptResult
     attempted_at: datetime
     attempt: int
@@ -140,9 +142,14 @@ class WebhookRepository(Protocol):
         ``ordered_attempts`` attempts (order per payment)."""
         ...
 
-    async def record_attempts(self, records: Sequence[AttemptRecord]) -> None:
-        """Store each attempt, move its delivery on and drop the claimer's lease; on the
-        endpoint, a success clears ``failing_since`` and a failure sets it if unset."""
+    async def record_attempts(
+        self, records: Sequence[AttemptRecord], *, ordered_attempts: int
+    ) -> None:
+        """Store each attempt, move its delivery on and drop the claimer's lease (a
+        delivery whose endpoint was disabled meanwhile is parked); a retry with fewer
+        than ``ordered_attempts`` attempts holds its payment's later deliveries to the
+        endpoint back until it is due; on the endpoint, a success clears
+        ``failing_since`` and a failure sets it if unset."""
         ...
 
     async def endpoints_to_disable(
@@ -175,6 +182,10 @@ class WebhookRepository(Protocol):
 
     async def abandon_pending(self, endpoint_id: str, *, at: datetime) -> int:
         """Give up the endpoint's pending deliveries (it is being removed); how many."""
+        ...
+
+    async def park_pending(self, endpoint_id: str) -> int:
+        """Unschedule the endpoint's pending deliveries (it is disabled); how many."""
         ...
 
     async def restart_pending(self, endpoint_id: str, *, at: datetime) -> int:

@@ -139,6 +139,10 @@ docker-config: install ## Static checks without a Docker engine: docker-compose 
 bench: install ## Load-test 2 uvicorn workers with wrk, full stack and simulator-only (.bench/results.json)
 	@bash scripts/bench.sh
 
+.PHONY: bench-webhooks
+bench-webhooks: install ## One webhook dispatcher: deliveries/s and commit-to-delivery latency (.bench/webhooks.json)
+	@$(UV) run --frozen python scripts/bench_webhooks.py
+
 .PHONY: soak
 soak: install ## Bounded soak: Kafka and PostgreSQL restarts, a slow bank, a killed worker; checks the invariants
 	@bash scripts/soak.sh

@@ -140,12 +140,7 @@ def upgrade() -> None:
             "event_id", "endpoint_id", name=op.f("uq_webhook_deliveries_event_id_endpoint_id")
         ),
     )
-    op.create_index(
-        "ix_webhook_deliveries_due",
-        "webhook_deliveries",
-        ["next_attempt_at", "id"],
-        postgresql_where=sa.text("status = 'pending'"),
-    )
+    op.create_index("ix_webhook_deliveries_due", "webhook_deliveries", ["next_attempt_at", "id"])
     op.create_index(
         "ix_webhook_deliveries_pending_order",
         "webhook_deliveries",

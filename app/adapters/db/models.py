@@ -462,13 +462,9 @@ class WebhookDeliveryRow(Base):
         CheckConstraint(
             "status = 'pending' OR next_attempt_at IS NULL", name="only_pending_is_scheduled"
         ),
-        # Due deliveries, soonest first: the claim walks this in order.
-        Index(
-            "ix_webhook_deliveries_due",
-            "next_attempt_at",
-            "id",
-            postgresql_where=text("status = 'pending'"),
-        ),
+        # Due deliveries, soonest first: the claim walks this in order. Not partial: the
+        # claim's plan must not depend on how many rows the statistics think are pending.
+        Index("ix_webhook_deliveries_due", "next_attempt_at", "id"),
         # An earlier pending delivery of the same payment to the same endpoint (order).
         Index(
             "ix_webhook_deliveries_pending_order",

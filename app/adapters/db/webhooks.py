@@ -80,27 +80,37 @@ RETURNING id
 # probe of ix_webhook_deliveries_pending_order). A delivery held back that way is rarely in
 # the window: it is scheduled no sooner than the one it waits for, and a disabled
 # endpoint's deliveries are parked (no next attempt).
+#
+# Written so the plan holds when the statistics are stale -- a backlog grows faster than
+# autovacuum re-analyzes, and then "nothing is pending" makes every partial index look
+# free: "due" is ``next_attempt_at <= :now`` (only a pending delivery has a next attempt,
+# by a CHECK), never ``status = 'pending'``, so the window walks the (full) due index and
+# the second step finds its rows by primary key; only the order probe names the status,
+# and only the pending-order index serves it.
 _CLAIM_DUE = text(
     """
 WITH window_ AS MATERIALIZED (
     SELECT d.id
     FROM webhook_deliveries d
-    WHERE d.status = 'pending' AND d.next_attempt_at <= :now
+    WHERE d.next_attempt_at <= :now
       AND (d.claimed_until IS NULL OR d.claimed_until < :now)
     ORDER BY d.next_attempt_at, d.id
     LIMIT :window
 ),
 due AS MATERIALIZED (
     SELECT d.id
-    FROM window_ w
-    JOIN webhook_deliveries d ON d.id = w.id
+    FROM webhook_deliveries d
     JOIN webhook_endpoints ep ON ep.endpoint_id = d.endpoint_id
-    WHERE ep.status = 'enabled' AND d.status = 'pending'
+    -- By primary key, and one index probe per delivery (OFFSET 0 keeps the check a probe
+    -- rather than a join over every pending delivery): whatever the statistics say.
+    WHERE d.id = ANY(ARRAY(SELECT id FROM window_))
+      AND ep.status = 'enabled' AND d.next_attempt_at <= :now
       AND (d.claimed_until IS NULL OR d.claimed_until < :now)
       AND NOT EXISTS (
           SELECT 1 FROM webhook_deliveries o
           WHERE o.endpoint_id = d.endpoint_id AND o.transaction_id = d.transaction_id
             AND o.status = 'pending' AND o.id < d.id AND o.attempts < :ordered_attempts
+          OFFSET 0
       )
     ORDER BY d.next_attempt_at, d.id
     LIMIT :limit
@@ -159,8 +169,12 @@ FROM unnest(
     CAST(:errors AS varchar[]), CAST(:dispatchers AS varchar[])
 ) AS r(id, status, attempt, next_attempt_at, attempted_at, status_code, error, dispatcher),
      webhook_endpoints ep
-WHERE d.id = r.id AND d.claimed_by = r.dispatcher AND d.status = 'pending'
+-- Still this dispatcher's claim (only a pending delivery is ever claimed; finishing,
+-- replaying or enabling clears the claim).
+WHERE d.id = r.id AND d.claimed_by = r.dispatcher
   AND ep.endpoint_id = d.endpoint_id
+  -- Found by primary key, not by a scan the row estimate of unnest() might suggest.
+  AND d.id = ANY(CAST(:delivery_ids AS bigint[]))
 """
 )
 

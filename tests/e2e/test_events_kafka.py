@@ -206,8 +206,11 @@ async def test_a_payment_and_a_partial_refund_publish_captured_then_refund_succe
         "card_brand": "mastercard",
         "capture_method": "automatic",
         "captured_amount": "99.99",
+        # The payment's updated_at: it was captured by this very change.
+        "updated_at": captured.body["occurred_at"],
     }
     assert refunded.headers["event_type"] == "refund.succeeded"
+    assert refunded.body["data"]["updated_at"] == refunded.body["occurred_at"]  # it moved
     assert refunded.headers["correlation_id"] == "corr-e2e-refund"
     assert refunded.body["data"]["amount"] == "30.00"
     assert refunded.body["data"]["refunded_amount"] == "30.00"

@@ -13,7 +13,6 @@ import base64
 import dataclasses
 import logging
 import secrets
-import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -444,7 +443,6 @@ async def _send(dispatch: Dispatch, delivery: DueDelivery) -> AttemptRecord:
             logger.exception("webhook secret of %s cannot be opened", endpoint.endpoint_id)
             result = AttemptResult(status_code=None, error="secret_unavailable", seconds=0.0)
         else:
-            started = time.perf_counter()
             result = await dispatch.sender.send(
                 url=endpoint.url,
                 message_id=str(delivery.event_id),
@@ -452,8 +450,6 @@ async def _send(dispatch: Dispatch, delivery: DueDelivery) -> AttemptRecord:
                 secrets=keys,
                 timestamp=now,
             )
-            if result.seconds == 0.0:
-                result = dataclasses.replace(result, seconds=time.perf_counter() - started)
         if result.delivered:
             status, next_at = DeliveryStatus.DELIVERED, None
         else:

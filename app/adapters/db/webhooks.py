@@ -286,12 +286,12 @@ WHERE endpoint_id = :endpoint_id AND status = 'pending'
 
 _BACKLOG = text(
     """
-SELECT d.endpoint_id, ep.merchant_id, count(*) AS pending,
+SELECT d.endpoint_id, count(*) AS pending,
        extract(epoch FROM now() - min(d.created_at)) AS oldest_age_s
 FROM webhook_deliveries d
 JOIN webhook_endpoints ep ON ep.endpoint_id = d.endpoint_id
 WHERE d.status = 'pending' AND ep.status = 'enabled'
-GROUP BY d.endpoint_id, ep.merchant_id
+GROUP BY d.endpoint_id
 ORDER BY d.endpoint_id
 """
 )
@@ -351,6 +351,11 @@ def _endpoint_values(endpoint: WebhookEndpoint) -> dict[str, Any]:
         "disabled_reason": endpoint.disabled_reason,
         "updated_at": endpoint.updated_at,
     }
+
+
+def _rowcount(result: Any) -> int:
+    """Rows a DML statement touched."""
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def _json_text(value: Mapping[str, Any]) -> str:
@@ -564,19 +569,19 @@ class WebhookRepository:
                 "now": now,
             },
         )
-        return int(getattr(result, "rowcount", 0) or 0)
+        return _rowcount(result)
 
     async def abandon_pending(self, endpoint_id: str, *, at: datetime) -> int:
         """Give up the endpoint's pending deliveries (it is removed); how many."""
         result = await self._session.execute(
             _ABANDON_PENDING, {"endpoint_id": endpoint_id, "at": at}
         )
-        return int(getattr(result, "rowcount", 0) or 0)
+        return _rowcount(result)
 
     async def park_pending(self, endpoint_id: str) -> int:
         """Unschedule the endpoint's pending deliveries (it is disabled); how many."""
         result = await self._session.execute(_PARK_PENDING, {"endpoint_id": endpoint_id})
-        return int(getattr(result, "rowcount", 0) or 0)
+        return _rowcount(result)
 
     async def restart_pending(self, endpoint_id: str, *, at: datetime) -> int:
         """Make the endpoint's pending deliveries due now, with a fresh retry window (it
@@ -584,7 +589,7 @@ class WebhookRepository:
         result = await self._session.execute(
             _RESTART_PENDING, {"endpoint_id": endpoint_id, "at": at}
         )
-        return int(getattr(result, "rowcount", 0) or 0)
+        return _rowcount(result)
 
     async def backlog(self) -> list[EndpointBacklog]:
         """Pending deliveries per enabled endpoint that has any, and the oldest's age."""
@@ -592,7 +597,6 @@ class WebhookRepository:
         return [
             EndpointBacklog(
                 endpoint_id=row["endpoint_id"],
-                merchant_id=row["merchant_id"],
                 pending=int(row["pending"]),
                 oldest_age_s=max(float(row["oldest_age_s"] or 0), 0.0),
             )
@@ -604,6 +608,4 @@ class WebhookRepository:
         params = {"before": before, "limit": limit}
         deliveries = await self._session.execute(_PURGE_DELIVERIES, params)
         events = await self._session.execute(_PURGE_EVENTS, params)
-        return int(getattr(deliveries, "rowcount", 0) or 0) + int(
-            getattr(events, "rowcount", 0) or 0
-        )
+        return _rowcount(deliveries) + _rowcount(events)

@@ -142,8 +142,6 @@ class EventConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.batches = 0
-        """Batches recorded and committed since start (for tests and logs)."""
 
     def _default_consumer(self) -> AIOKafkaConsumer:
         consumer = AIOKafkaConsumer(
@@ -269,5 +267,4 @@ class EventConsumer:
             logger.info("webhook offsets not committed (%s): partitions reassigned", exc)
         except KafkaError as exc:
             logger.warning("webhook offsets not committed: %s", type(exc).__name__)
-        self.batches += 1
         return True

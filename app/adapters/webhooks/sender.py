@@ -19,9 +19,9 @@ import aiohttp
 from aiohttp.abc import AbstractResolver
 from standardwebhooks.webhooks import Webhook
 
-from app.adapters.webhooks.targets import GuardedResolver, TargetRefusedError, is_ip_literal
+from app.adapters.webhooks.targets import GuardedResolver, TargetRefusedError, literal_refused
 from app.domain.errors import WebhookTargetRefused
-from app.domain.webhooks import TargetRules, address_allowed, check_url_shape
+from app.domain.webhooks import TargetRules, check_url_shape
 from app.services.ports.webhooks import AttemptResult
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class HttpWebhookSender:
         started = time.perf_counter()
         try:
             host, _ = check_url_shape(url, self._rules)
-            if is_ip_literal(host) and not address_allowed(host.strip("[]"), self._rules):
+            if literal_refused(host, self._rules):
                 # aiohttp does not resolve an address literal: checked here instead.
                 raise TargetRefusedError("the URL's address is not a public address")
             headers = {

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Any
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
@@ -30,6 +29,11 @@ def is_ip_literal(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def literal_refused(host: str, rules: TargetRules) -> bool:
+    """Whether ``host`` is an address (no name to resolve) the rules refuse."""
+    return is_ip_literal(host) and not address_allowed(host.strip("[]"), rules)
 
 
 class GuardedResolver(AbstractResolver):
@@ -76,19 +80,20 @@ class DnsTargets:
         host, port = check_url_shape(url, self._rules)
         if not self._rules.public_only:
             return
+        if literal_refused(host, self._rules):
+            raise WebhookTargetRefused("the URL's address is not a public address")
         if is_ip_literal(host):
-            if not address_allowed(host.strip("[]"), self._rules):
-                raise WebhookTargetRefused("the URL's address is not a public address")
             return
-        resolver = self._resolver or ThreadedResolver()
+        # The very check every delivery's connection makes.
+        resolver = GuardedResolver(self._rules, self._resolver)
         try:
-            results: list[Any] = await resolver.resolve(host, port, socket.AF_UNSPEC)
+            results = await resolver.resolve(host, port, socket.AF_UNSPEC)
+        except TargetRefusedError:
+            raise WebhookTargetRefused(
+                f"the URL's host {host} resolves to a loopback, private, link-local or "
+                "reserved address"
+            ) from None
         except (TimeoutError, OSError):
             raise WebhookTargetRefused(f"the URL's host {host} does not resolve") from None
         if not results:
             raise WebhookTargetRefused(f"the URL's host {host} does not resolve")
-        if any(not address_allowed(r["host"], self._rules) for r in results):
-            raise WebhookTargetRefused(
-                f"the URL's host {host} resolves to a loopback, private, link-local or "
-                "reserved address"
-            )

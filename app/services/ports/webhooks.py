@@ -96,7 +96,6 @@ class EndpointBacklog:
     """What waits for one endpoint."""
 
     endpoint_id: str
-    merchant_id: str
     pending: int
     oldest_age_s: float
 

@@ -40,6 +40,11 @@ run: install ## Serve the API on 127.0.0.1:8000 and run the webhook dispatcher (
 test: install ## Run the whole suite with coverage against the local stack
 	@bash scripts/run_tests.sh
 
+.PHONY: test-pgbouncer
+test-pgbouncer: install ## The end-to-end suite once more, the service under test going through PgBouncer (transaction pooling)
+	@TEST_POOLER_SERVER=postgresql+asyncpg://payments@127.0.0.1:$${PGBOUNCER_PORT:-6432} \
+		bash scripts/run_tests.sh tests/e2e --no-cov
+
 .PHONY: lint
 lint: install ## ruff, ruff format --check, mypy strict on app/, import-linter layer contracts
 	@$(UV) run --frozen ruff check app tests scripts migrations

@@ -209,7 +209,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         log_tracing_state(settings)
         listener = CacheInvalidationListener(
-            settings.database_url, runtime.authenticator.invalidate_all
+            settings.session_database_url, runtime.authenticator.invalidate_all
         )
         listener.start()
         app.state.runtime = runtime

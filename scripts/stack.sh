@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The local stack without Docker: PostgreSQL 15, ZooKeeper + Kafka 3.9.1, MockServer 5.15.0
-# and the Datadog APM test agent, each on 127.0.0.1.
+# The local stack without Docker: PostgreSQL 15, PgBouncer (transaction pooling, Debian's
+# package), ZooKeeper + Kafka 3.9.1, MockServer 5.15.0 and the Datadog APM test agent, each
+# on 127.0.0.1.
 #
 #   scripts/stack.sh up [SERVICE...]     start (all by default); a running service is left alone
 #   scripts/stack.sh down [SERVICE...]   stop (all by default); a stopped service is fine
@@ -9,20 +10,22 @@
 #   scripts/stack.sh pin                 re-fetch the jars and rewrite checksums.sha256
 #   scripts/stack.sh purge               stop everything and delete data and logs (not the cache)
 #
-# Services: postgres zookeeper kafka mockserver testagent.
+# Services: postgres pgbouncer zookeeper kafka mockserver testagent.
 #
 # All state lives under $REPO/.stack (git-ignored): pg/ (cluster, owned by the postgres
-# user), zookeeper/, kafka/ (data dirs), logs/, run/ (pid files) and cache/ (jars fetched
+# user), pgbouncer/ (its rendered config), zookeeper/, kafka/ (data dirs), logs/, run/ (pid files) and cache/ (jars fetched
 # with Maven; STACK_CACHE overrides). Jars are pinned by version and verified against
 # scripts/stack/checksums.sha256 on every `up`; Maven only runs when a jar is missing.
 #
-# Ports (env overrides): POSTGRES_PORT=5432 ZOOKEEPER_PORT=2181 KAFKA_PORT=9092
+# PgBouncer comes from apt (`apt-get install pgbouncer`, as root) when it is missing.
+#
+# Ports (env overrides): POSTGRES_PORT=5432 PGBOUNCER_PORT=6432 ZOOKEEPER_PORT=2181 KAFKA_PORT=9092
 # MOCKSERVER_PORT=1080 TESTAGENT_PORT=8126 (+ its OTLP ports TESTAGENT_OTLP_HTTP_PORT=4318,
 # TESTAGENT_OTLP_GRPC_PORT=4317). KAFKA_TOPIC=payments.events is created with 3 partitions.
 # STACK_TIMEOUT (default 120 s) bounds the wait for each service to answer.
 #
 # `up` without service names skips what the environment already points elsewhere:
-# DATABASE_URL -> postgres, KAFKA_BOOTSTRAP_SERVERS -> zookeeper + kafka,
+# DATABASE_URL -> postgres and pgbouncer, KAFKA_BOOTSTRAP_SERVERS -> zookeeper + kafka,
 # BANK_API_URL -> mockserver.
 set -euo pipefail
 
@@ -43,6 +46,7 @@ MOCKSERVER_JAR_REL=mockserver-$MOCKSERVER_VERSION/mockserver-netty-$MOCKSERVER_V
 
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 POSTGRES_PORT=${POSTGRES_PORT:-5432}
+PGBOUNCER_PORT=${PGBOUNCER_PORT:-6432}
 ZOOKEEPER_PORT=${ZOOKEEPER_PORT:-2181}
 KAFKA_PORT=${KAFKA_PORT:-9092}
 MOCKSERVER_PORT=${MOCKSERVER_PORT:-1080}
@@ -59,7 +63,9 @@ PG_DIR=$STACK_DIR/pg
 PG_DATA=$PG_DIR/data
 PG_SOCKET_DIR=$PG_DIR/run
 
-ALL_SERVICES=(postgres zookeeper kafka mockserver testagent)
+PGBOUNCER_DIR=$STACK_DIR/pgbouncer
+
+ALL_SERVICES=(postgres pgbouncer zookeeper kafka mockserver testagent)
 
 # `uv run --frozen`: use the locked environment and never rewrite uv.lock as a side
 # effect of starting the stack (other people edit pyproject.toml concurrently).
@@ -413,6 +419,73 @@ status_postgres() {
     fi
 }
 
+# ----------------------------------------------------------------------- pgbouncer
+
+PGBOUNCER_BIN=${PGBOUNCER_BIN:-/usr/sbin/pgbouncer}
+
+# Debian's package. Its postinst would start the distribution's own instance on port 6432
+# where init scripts may run; a policy-rc.d (only if none exists) keeps it from starting.
+install_pgbouncer() {
+    ((EUID == 0)) || die "pgbouncer: $PGBOUNCER_BIN not found; install it with: sudo apt-get install pgbouncer"
+    command -v apt-get >/dev/null || die "pgbouncer: $PGBOUNCER_BIN not found and no apt-get"
+    log "pgbouncer: installing Debian's pgbouncer package with apt-get ..."
+    local policy=/usr/sbin/policy-rc.d added=""
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && added=1
+    fi
+    local status=0
+    {
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer ||
+            { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer; }
+    } >>"$LOGS/apt.log" 2>&1 || status=$?
+    [[ -n $added ]] && rm -f "$policy"
+    ((status == 0)) || { tail -n 20 "$LOGS/apt.log" >&2; die "pgbouncer: apt-get install failed (log: $LOGS/apt.log)"; }
+}
+
+pgbouncer_ready() {
+    PGCONNECT_TIMEOUT=3 "$PG_BIN/psql" -h 127.0.0.1 -p "$PGBOUNCER_PORT" -U payments -d payments \
+        -Atqc 'select 1' >/dev/null 2>&1
+}
+
+up_pgbouncer() {
+    mkdir -p "$LOGS" "$RUN"
+    local pid
+    if pid=$(service_pid pgbouncer "$PGBOUNCER_DIR/pgbouncer.ini"); then
+        wait_ready pgbouncer "$pid" pgbouncer_ready
+        log "pgbouncer: already running (pid $pid) on 127.0.0.1:$PGBOUNCER_PORT"
+        ALREADY_RUNNING=1
+        return 0
+    fi
+    pg_running || die "pgbouncer: PostgreSQL is not running (run: $0 up postgres)"
+    [[ -x $PGBOUNCER_BIN ]] || install_pgbouncer
+    require_free_port pgbouncer "$PGBOUNCER_PORT"
+    mkdir -p "$PGBOUNCER_DIR"
+    # Trust auth behind it, but PgBouncer only admits the users its auth_file lists.
+    printf '"payments" ""\n"postgres" ""\n' >"$PGBOUNCER_DIR/userlist.txt"
+    render "$SUPPORT/pgbouncer.ini" "$PGBOUNCER_DIR/pgbouncer.ini" \
+        "PORT=$PGBOUNCER_PORT" "PG_PORT=$POSTGRES_PORT" \
+        "AUTH_FILE=$PGBOUNCER_DIR/userlist.txt" "PIDFILE=$PGBOUNCER_DIR/pgbouncer.pid"
+    # PgBouncer refuses to run as root: like the cluster, it runs as postgres.
+    if ((EUID == 0)); then chown -R postgres:postgres "$PGBOUNCER_DIR"; fi
+    ensure_pg_traversable
+    local run=("$PGBOUNCER_BIN" "$PGBOUNCER_DIR/pgbouncer.ini")
+    if ((EUID == 0)); then run=(runuser -u postgres -- "${run[@]}"); fi
+    spawn pgbouncer "$LOGS/pgbouncer.log" "${run[@]}"
+    wait_ready pgbouncer "$(<"$(pid_file pgbouncer)")" pgbouncer_ready
+}
+
+down_pgbouncer() { stop_group pgbouncer "$PGBOUNCER_DIR/pgbouncer.ini" 20; }
+status_pgbouncer() {
+    local pid state
+    if pid=$(service_pid pgbouncer "$PGBOUNCER_DIR/pgbouncer.ini"); then
+        state=running
+        pgbouncer_ready || state="running (not answering)"
+        echo "pgbouncer|$state|$pid|127.0.0.1:$PGBOUNCER_PORT"
+    else
+        echo "pgbouncer|stopped||127.0.0.1:$PGBOUNCER_PORT"
+    fi
+}
+
 # ----------------------------------------------------------------- zookeeper, kafka
 
 KAFKA_CP() { echo "$CACHE/$KAFKA_LIBS_REL/*"; }
@@ -608,7 +681,7 @@ cmd_up() {
         requested=()
         for s in "${ALL_SERVICES[@]}"; do
             case $s in
-            postgres) [[ -n ${DATABASE_URL:-} ]] && { log "postgres: skipped, DATABASE_URL is set"; continue; } ;;
+            postgres | pgbouncer) [[ -n ${DATABASE_URL:-} ]] && { log "$s: skipped, DATABASE_URL is set"; continue; } ;;
             zookeeper | kafka) [[ -n ${KAFKA_BOOTSTRAP_SERVERS:-} ]] && { log "$s: skipped, KAFKA_BOOTSTRAP_SERVERS is set"; continue; } ;;
             mockserver) [[ -n ${BANK_API_URL:-} ]] && { log "mockserver: skipped, BANK_API_URL is set"; continue; } ;;
             esac
@@ -616,8 +689,10 @@ cmd_up() {
         done
     else
         for s in "${requested[@]}"; do valid_service "$s"; done
-        # Kafka runs on ZooKeeper: `up kafka` brings it along (a no-op if it is running).
+        # Kafka runs on ZooKeeper: `up kafka` brings it along (a no-op if it is running);
+        # PgBouncer in front of PostgreSQL likewise.
         if [[ " ${requested[*]} " == *" kafka "* ]]; then requested+=(zookeeper); fi
+        if [[ " ${requested[*]} " == *" pgbouncer "* ]]; then requested+=(postgres); fi
     fi
     local summary=() t0 took
     for s in $(ordered "${requested[@]}"); do
@@ -663,7 +738,7 @@ cmd_logs() {
 cmd_purge() {
     cmd_down
     log "deleting data and logs under $STACK_DIR (keeping the cache)"
-    rm -rf "$PG_DIR" "$STACK_DIR/zookeeper" "$STACK_DIR/kafka" "$LOGS" "$RUN"
+    rm -rf "$PG_DIR" "$PGBOUNCER_DIR" "$STACK_DIR/zookeeper" "$STACK_DIR/kafka" "$LOGS" "$RUN"
 }
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }

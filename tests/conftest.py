@@ -15,7 +15,7 @@ import httpx
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.adapters.bank.simulator import SimulatedBankGateway
@@ -32,7 +32,19 @@ from app.services.context import ServiceContext
 # TEST_DATABASE_URL to use a given database instead.
 _SERVER_URL = os.environ.get("TEST_DATABASE_SERVER", "postgresql+asyncpg://payments@127.0.0.1:5432")
 _OWN_DATABASE = f"payments_test_{os.getpid()}"
-TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", f"{_SERVER_URL}/{_OWN_DATABASE}")
+DIRECT_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", f"{_SERVER_URL}/{_OWN_DATABASE}")
+# TEST_POOLER_SERVER (e.g. the local stack's PgBouncer, postgresql+asyncpg://payments@127.0.0.1:6432):
+# the service under test -- in process and every process a test starts -- reaches the
+# same database through that transaction pooler, as production does, while creating the
+# database, migrations and LISTEN go direct (DATABASE_DIRECT_URL).
+_POOLER_SERVER = os.environ.get("TEST_POOLER_SERVER")
+BEHIND_POOLER = bool(_POOLER_SERVER)
+if BEHIND_POOLER:
+    TEST_DATABASE_URL = f"{_POOLER_SERVER}/{make_url(DIRECT_DATABASE_URL).database}"
+    os.environ["DATABASE_DIRECT_URL"] = DIRECT_DATABASE_URL
+    os.environ["DB_STATEMENT_CACHE_SIZE"] = "0"
+else:
+    TEST_DATABASE_URL = DIRECT_DATABASE_URL
 TABLES = (
     "webhook_attempts",
     "webhook_deliveries",

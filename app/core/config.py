@@ -34,8 +34,9 @@ class Environment(StrEnum):
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://payments@127.0.0.1:5432/payments"
 
 
-class Settings(BaseSettings):
-    """Every knob the service reads; nothing else is configurable."""
+class DatabaseSettings(BaseSettings):
+    """Where the database is: all that migrations read (``migrations/env.py``), without the
+    service's production checks, which concern secrets and endpoints a migration never uses."""
 
     model_config = SettingsConfigDict(
         env_file=".env",
@@ -45,18 +46,41 @@ class Settings(BaseSettings):
         populate_by_name=True,
     )
 
+    # PostgreSQL (asyncpg for the app; Alembic derives a psycopg2 URL from the same value).
+    database_url: str = DEFAULT_DATABASE_URL
+    # A session of its own on PostgreSQL itself, past any transaction pooler (PgBouncer):
+    # LISTEN needs one, and so do migrations (their SET lock_timeout is per session).
+    # Unset, DATABASE_URL is used for both.
+    database_direct_url: str | None = None
+
+    @property
+    def session_database_url(self) -> str:
+        """The URL for connections that need a server session of their own (LISTEN,
+        migrations): DATABASE_DIRECT_URL, else DATABASE_URL."""
+        return self.database_direct_url or self.database_url
+
+    @property
+    def sync_database_url(self) -> str:
+        """The direct database for psycopg2 (Alembic runs migrations synchronously)."""
+        return self.session_database_url.replace("+asyncpg", "+psycopg2", 1)
+
+
+class Settings(DatabaseSettings):
+    """Every knob the service reads; nothing else is configurable."""
+
     environment: Environment = Field(default=Environment.DEVELOPMENT, alias="APP_ENV")
     service_name: str = Field(default="payment-service", alias="DD_SERVICE")
     version: str = Field(default="0.1.0", alias="DD_VERSION")
     log_level: str = "INFO"
 
-    # PostgreSQL (asyncpg for the app; Alembic derives a psycopg2 URL from the same value).
-    database_url: str = DEFAULT_DATABASE_URL
+    # The pool (DATABASE_URL and DATABASE_DIRECT_URL: DatabaseSettings).
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_max_overflow: int = Field(default=10, ge=0, le=200)
     db_pool_timeout_s: float = Field(default=5.0, gt=0)
     db_pool_recycle_s: int = Field(default=1800, ge=30)
     db_command_timeout_s: float = Field(default=10.0, gt=0)
+    # 0 = no prepared statement outlives its transaction: required behind PgBouncer in
+    # transaction pooling mode (see app.adapters.db.engine).
     db_statement_cache_size: int = Field(default=500, ge=0)
 
     # Bank: the in-process simulator when no URL is set.
@@ -235,11 +259,6 @@ class Settings(BaseSettings):
         if self.webhook_allow_private_targets is None:
             return True
         return self.webhook_allow_private_targets
-
-    @property
-    def sync_database_url(self) -> str:
-        """The same database for psycopg2 (Alembic runs migrations synchronously)."""
-        return self.database_url.replace("+asyncpg", "+psycopg2", 1)
 
 
 @lru_cache(maxsize=1)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from app.core.config import Environment, Settings
+from app.core.config import DatabaseSettings, Environment, Settings
 
 
 def _key() -> str:
@@ -40,6 +40,35 @@ def test_production_with_its_own_secrets_and_endpoints_starts() -> None:
     settings = Settings(_env_file=None, **_production_values())  # type: ignore[call-arg]
     assert settings.environment is Environment.PRODUCTION
     assert settings.sync_database_url.startswith("postgresql+psycopg2://")
+
+
+def test_migrations_read_the_database_without_the_services_production_checks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("APP_ENV", "production")
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://owner@db.internal:5432/payments")
+    with pytest.raises(ValidationError, match="refusing to start in production"):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+
+    database = DatabaseSettings(_env_file=None)  # type: ignore[call-arg]
+
+    assert database.sync_database_url == "postgresql+psycopg2://owner@db.internal:5432/payments"
+
+
+def test_listen_and_migrations_go_direct_past_a_transaction_pooler() -> None:
+    pooled = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        **_production_values()
+        | {
+            "database_url": "postgresql+asyncpg://app@pgbouncer:6432/payments",
+            "database_direct_url": "postgresql+asyncpg://app@db.internal:5432/payments",
+        },
+    )
+    assert pooled.session_database_url == "postgresql+asyncpg://app@db.internal:5432/payments"
+    assert pooled.sync_database_url == "postgresql+psycopg2://app@db.internal:5432/payments"
+
+    direct = Settings(_env_file=None, **_production_values())  # type: ignore[call-arg]
+    assert direct.session_database_url == direct.database_url
 
 
 @pytest.mark.parametrize(

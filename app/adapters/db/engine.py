@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
 import sqlalchemy.exc
-from sqlalchemy import event, text
+from sqlalchemy import event, make_url, text
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.sql.expression import Executable
 
 from app.core.config import Settings
 from app.core.jsoncodec import dump_json, load_json
@@ -22,8 +27,22 @@ from app.core.jsoncodec import dump_json, load_json
 
 def build_engine(settings: Settings, *, application_name: str = "payment-service") -> AsyncEngine:
     """Create the asyncpg engine with the pool, timeouts and JSON codec from settings."""
+    url = make_url(settings.database_url)
+    connect_args: dict[str, Any] = {
+        "command_timeout": settings.db_command_timeout_s,
+        "statement_cache_size": settings.db_statement_cache_size,
+        "server_settings": {"application_name": application_name},
+    }
+    if settings.db_statement_cache_size == 0:
+        # Behind a transaction pooler (PgBouncer, pool_mode=transaction) consecutive
+        # transactions of one connection may run on different server backends, so no
+        # prepared statement may be reused after its transaction: asyncpg's cache and
+        # SQLAlchemy's are both off, and the statements SQLAlchemy still prepares (to learn
+        # the result columns) get names no other client can have taken on that backend.
+        url = url.update_query_dict({"prepared_statement_cache_size": "0"})
+        connect_args["prepared_statement_name_func"] = _unique_statement_name
     engine = create_async_engine(
-        settings.database_url,
+        url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_s,
@@ -35,14 +54,50 @@ def build_engine(settings: Settings, *, application_name: str = "payment-service
         hide_parameters=True,
         json_serializer=dump_json,
         json_deserializer=load_json,
-        connect_args={
-            "command_timeout": settings.db_command_timeout_s,
-            "statement_cache_size": settings.db_statement_cache_size,
-            "server_settings": {"application_name": application_name},
-        },
+        connect_args=connect_args,
     )
     event.listen(engine.sync_engine, "checkout", discard_closed_connection)
     return engine
+
+
+def _unique_statement_name() -> str:
+    return f"__asyncpg_{uuid.uuid4().hex}__"
+
+
+def behind_transaction_pooler(bind: AsyncEngine | AsyncConnection | None) -> bool:
+    """Whether ``bind`` was built for a transaction pooler (``DB_STATEMENT_CACHE_SIZE=0``).
+
+    There, a statement in autocommit cannot work: SQLAlchemy prepares it (one round trip,
+    one implicit transaction) before executing it (another), and PgBouncer may hand the
+    two to different server backends, the second of which never saw the statement.
+    """
+    engine = bind.engine if isinstance(bind, AsyncConnection) else bind
+    return engine is not None and engine.url.query.get("prepared_statement_cache_size") == "0"
+
+
+def single_statement_options(bind: AsyncEngine | AsyncConnection | None) -> dict[str, Any]:
+    """Execution options for a statement that needs no transaction: autocommit (no
+    ``BEGIN``/``COMMIT`` round trips), except behind a transaction pooler."""
+    return {} if behind_transaction_pooler(bind) else {"isolation_level": "AUTOCOMMIT"}
+
+
+async def execute_alone(
+    session: AsyncSession, statement: Executable, params: Mapping[str, Any] | None = None
+) -> CursorResult[Any]:
+    """Execute one statement, durable at once when nothing else happened in the unit.
+
+    Inside the unit's transaction it is part of it. Otherwise it is atomic on its own:
+    in autocommit, or, behind a transaction pooler, in a transaction of its own that is
+    committed at once (the rows are already fetched: the result stays readable).
+    """
+    if session.in_transaction():
+        return await (await session.connection()).execute(statement, params)
+    options = single_statement_options(session.bind)
+    connection = await session.connection(execution_options=options)
+    result = await connection.execute(statement, params)
+    if not options:
+        await session.commit()
+    return result
 
 
 def discard_closed_connection(

@@ -23,6 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.adapters.db.engine import single_statement_options
 from app.adapters.db.mapping import merchant_from_row, payment_from_row
 from app.adapters.db.repositories import (
     API_KEYS,
@@ -186,4 +187,4 @@ class SqlPaymentQueries:
 
 
 async def _autocommit(connection: AsyncConnection) -> None:
-    await connection.execution_options(isolation_level="AUTOCOMMIT")
+    await connection.execution_options(**single_statement_options(connection))

@@ -28,10 +28,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
 
+from app.adapters.db.engine import execute_alone
 from app.adapters.db.mapping import (
     api_key_from_row,
     audit_values,
@@ -309,10 +310,11 @@ class PaymentRepository:
     ) -> list[Unsettled[Payment]]:
         """Lease up to ``limit`` processing payments due for reconciliation (one statement,
         SKIP LOCKED: concurrent claimers never get the same payment)."""
-        connection = await _alone(self._session)
         rows = (
-            await connection.execute(
-                _CLAIM_UNSETTLED_PAYMENTS, {"now": now, "until": now + lease, "limit": limit}
+            await execute_alone(
+                self._session,
+                _CLAIM_UNSETTLED_PAYMENTS,
+                {"now": now, "until": now + lease, "limit": limit},
             )
         ).mappings()
         return [Unsettled(payment_from_row(row), row["reconcile_attempts"]) for row in rows]
@@ -323,9 +325,9 @@ class PaymentRepository:
         """Record the expiry of up to ``limit`` authorizations made before
         ``authorized_before`` and still free (one statement, SKIP LOCKED): each now has an
         ``expire`` operation pending, leased for ``lease``."""
-        connection = await _alone(self._session)
         rows = (
-            await connection.execute(
+            await execute_alone(
+                self._session,
                 _CLAIM_EXPIRING,
                 {
                     "now": now,
@@ -377,10 +379,11 @@ class RefundRepository:
         self, *, now: datetime, lease: timedelta, limit: int
     ) -> list[Unsettled[Refund]]:
         """Lease up to ``limit`` pending refunds due for reconciliation (SKIP LOCKED)."""
-        connection = await _alone(self._session)
         rows = (
-            await connection.execute(
-                _CLAIM_UNSETTLED_REFUNDS, {"now": now, "until": now + lease, "limit": limit}
+            await execute_alone(
+                self._session,
+                _CLAIM_UNSETTLED_REFUNDS,
+                {"now": now, "until": now + lease, "limit": limit},
             )
         ).mappings()
         return [Unsettled(refund_from_row(row), row["reconcile_attempts"]) for row in rows]
@@ -392,14 +395,6 @@ class RefundRepository:
             where={"refund_id": refund_id, "status": RefundStatus.PENDING.value},
             values={"next_reconcile_at": at},
         )
-
-
-async def _alone(session: AsyncSession) -> AsyncConnection:
-    """The session's connection; in autocommit when nothing else happened in the unit (a
-    single statement is atomic on its own: no ``BEGIN``/``COMMIT`` round trips)."""
-    if session.in_transaction():
-        return await session.connection()
-    return await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
 
 def _claim_unsettled(table: Table, key: Column[Any], unsettled: ColumnElement[bool]) -> Any:
@@ -544,8 +539,7 @@ class IdempotencyRepository:
             IDEMPOTENCY_KEYS.c.merchant_id == merchant_id,
             IDEMPOTENCY_KEYS.c.idempotency_key == key,
         )
-        connection = await _alone(self._session)
-        row = (await connection.execute(statement)).mappings().first()
+        row = (await execute_alone(self._session, statement)).mappings().first()
         if row is None:
             return None
         return IdempotencyRecord(
@@ -580,15 +574,15 @@ class IdempotencyRepository:
         self, *, merchant_id: str, key: str, request_fingerprint: str, now: datetime
     ) -> bool:
         """Forget a stale in-progress claim of the same request; whether one was there."""
-        connection = await _alone(self._session)
-        result = await connection.execute(
+        result = await execute_alone(
+            self._session,
             delete(IDEMPOTENCY_KEYS).where(
                 IDEMPOTENCY_KEYS.c.merchant_id == merchant_id,
                 IDEMPOTENCY_KEYS.c.idempotency_key == key,
                 IDEMPOTENCY_KEYS.c.state == "in_progress",
                 IDEMPOTENCY_KEYS.c.locked_until < now,
                 IDEMPOTENCY_KEYS.c.request_fingerprint == request_fingerprint,
-            )
+            ),
         )
         return bool(getattr(result, "rowcount", 0))
 
@@ -618,8 +612,7 @@ async def _purge(
         .cte("doomed")
         .prefix_with("MATERIALIZED")
     )
-    connection = await _alone(session)
-    result = await connection.execute(delete(table).where(table.c.id.in_(select(doomed.c.id))))
+    result = await execute_alone(session, delete(table).where(table.c.id.in_(select(doomed.c.id))))
     return int(getattr(result, "rowcount", 0) or 0)
 
 
@@ -748,13 +741,9 @@ class OutboxRepository:
         """
         if not event_ids:
             return
-        if self._session.in_transaction():
-            connection = await self._session.connection()
-        else:
-            connection = await self._session.connection(
-                execution_options={"isolation_level": "AUTOCOMMIT"}
-            )
-        await connection.execute(_MARK_PUBLISHED, {"event_ids": list(event_ids), "at": at})
+        await execute_alone(
+            self._session, _MARK_PUBLISHED, {"event_ids": list(event_ids), "at": at}
+        )
 
     async def backlog(self) -> OutboxBacklog:
         """Pending count and the age of the oldest pending event."""
@@ -824,8 +813,8 @@ class AuditLogRepository:
         details: dict[str, Any],
     ) -> None:
         """Count a refusal in its (minute, source, reason) row: one upsert, at once."""
-        connection = await _alone(self._session)
-        await connection.execute(
+        await execute_alone(
+            self._session,
             _COUNT_REFUSAL,
             {
                 "window_start": at.replace(second=0, microsecond=0),

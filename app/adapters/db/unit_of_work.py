@@ -16,6 +16,7 @@ from typing import Self
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.adapters.db.engine import single_statement_options
 from app.adapters.db.repositories import (
     ApiKeyRepository,
     AuditLogRepository,
@@ -95,7 +96,7 @@ class SqlUnitOfWork:
         session = self.session
         if self._batch and not session.in_transaction():
             # Nothing else happened in this unit: its one statement needs no transaction.
-            await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+            await session.connection(execution_options=single_statement_options(session.bind))
         await self.flush()
         await session.commit()
         self._committed = True

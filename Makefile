@@ -46,11 +46,12 @@ test-pgbouncer: install ## The end-to-end suite once more, the service under tes
 		bash scripts/run_tests.sh tests/e2e --no-cov
 
 .PHONY: lint
-lint: install ## ruff, ruff format --check, mypy strict on app/, import-linter layer contracts
+lint: install ## ruff, ruff format --check, mypy strict on app/, import-linter layer contracts, squawk on the SQL of every migration
 	@$(UV) run --frozen ruff check app tests scripts migrations
 	@$(UV) run --frozen ruff format --check app tests scripts migrations
 	@$(UV) run --frozen mypy app
 	@$(UV) run --frozen lint-imports
+	@$(UV) run --frozen python scripts/squawk_migrations.py
 
 .PHONY: format
 format: install ## Apply ruff's fixes and formatting

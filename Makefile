@@ -139,6 +139,7 @@ docker-down: ## Stop and remove the Docker stack (data volumes kept; `docker com
 docker-config: install ## Static checks without a Docker engine: docker-compose config -q and hadolint
 	@$(UV) run --frozen docker-compose config -q && echo "docker-compose.yml: valid"
 	@$(UV) run --frozen hadolint Dockerfile && echo "Dockerfile: hadolint clean"
+	@$(UV) run --frozen hadolint deploy/pgbouncer/Dockerfile && echo "deploy/pgbouncer/Dockerfile: hadolint clean"
 
 # --- Load and fault drills ---------------------------------------------------------------
 .PHONY: bench

@@ -35,7 +35,16 @@ EXPECTED_IMAGES = {
     "datadog-agent": re.compile(r"^gcr\.io/datadoghq/agent:7$"),
 }
 ONE_SHOT = {"migrate", "kafka-init"}
-LONG_RUNNING = {"app", "webhooks", "postgres", "zookeeper", "kafka", "mockserver", "datadog-agent"}
+LONG_RUNNING = {
+    "app",
+    "webhooks",
+    "postgres",
+    "pgbouncer",
+    "zookeeper",
+    "kafka",
+    "mockserver",
+    "datadog-agent",
+}
 CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|API_KEY|PEPPER|ENCRYPTION_KEYS|FINGERPRINT_KEY")
 INTERPOLATION = re.compile(r"^\$\{[A-Z0-9_]+(:?-[^}]*)?\}$")
@@ -148,6 +157,7 @@ def test_app_starts_after_migrations_topic_and_healthy_dependencies() -> None:
         "migrate": "service_completed_successfully",
         "kafka-init": "service_completed_successfully",
         "postgres": "service_healthy",
+        "pgbouncer": "service_healthy",
         "kafka": "service_healthy",
         "mockserver": "service_healthy",
         # The app must come up without a healthy agent (no API key locally).
@@ -179,6 +189,7 @@ def test_webhook_dispatcher_runs_from_the_app_image_with_the_app_configuration()
         "migrate": "service_completed_successfully",
         "kafka-init": "service_completed_successfully",
         "postgres": "service_healthy",
+        "pgbouncer": "service_healthy",
         "kafka": "service_healthy",
         "datadog-agent": "service_started",
     }
@@ -249,7 +260,7 @@ def test_secrets_are_interpolated_never_literal() -> None:
         for key, value in (service.get("environment") or {}).items():
             if SECRET_NAME.search(key):
                 assert INTERPOLATION.fullmatch(str(value)), f"{name}.{key} is a literal"
-            if key == "DATABASE_URL":
+            if key in {"DATABASE_URL", "DATABASE_DIRECT_URL"}:
                 password = re.match(r"^[^:]+://[^:@/]+:([^@]*)@", str(value))
                 assert password, f"{name}: DATABASE_URL has no password"
                 assert INTERPOLATION.fullmatch(password.group(1)), f"{name}: literal password"
@@ -273,7 +284,11 @@ def test_every_setting_the_app_reads_is_set_or_defaulted() -> None:
 def test_app_points_at_the_compose_services() -> None:
     app_env = _services()["app"]["environment"]
     assert app_env["DATABASE_URL"].startswith("postgresql+asyncpg://")
-    assert app_env["DATABASE_URL"].endswith("@postgres:5432/payments")
+    # Through PgBouncer (transaction pooling: no statement cache), LISTEN directly.
+    assert app_env["DATABASE_URL"].endswith("@pgbouncer:6432/payments")
+    assert app_env["DB_STATEMENT_CACHE_SIZE"] == "0"
+    assert app_env["DATABASE_DIRECT_URL"].startswith("postgresql+asyncpg://payments_app:")
+    assert app_env["DATABASE_DIRECT_URL"].endswith("@postgres:5432/payments")
     assert app_env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
     assert app_env["BANK_API_URL"] == "http://mockserver:1080"
     assert app_env["DD_AGENT_HOST"] == "datadog-agent"

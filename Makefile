@@ -141,6 +141,10 @@ docker-config: install ## Static checks without a Docker engine: docker-compose 
 	@$(UV) run --frozen hadolint Dockerfile && echo "Dockerfile: hadolint clean"
 	@$(UV) run --frozen hadolint deploy/pgbouncer/Dockerfile && echo "deploy/pgbouncer/Dockerfile: hadolint clean"
 
+.PHONY: helm-check
+helm-check: install ## Helm chart, offline: pinned helm (Go-built into .stack/bin), lint --strict, kubernetes-validate, scripts/check_chart.py
+	@bash scripts/helm_check.sh
+
 # --- Load and fault drills ---------------------------------------------------------------
 .PHONY: bench
 bench: install ## Load-test 2 uvicorn workers with wrk, full stack and simulator-only (.bench/results.json)

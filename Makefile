@@ -141,6 +141,10 @@ docker-config: install ## Static checks without a Docker engine: docker-compose 
 	@$(UV) run --frozen hadolint Dockerfile && echo "Dockerfile: hadolint clean"
 	@$(UV) run --frozen hadolint deploy/pgbouncer/Dockerfile && echo "deploy/pgbouncer/Dockerfile: hadolint clean"
 
+.PHONY: datadog-apply
+datadog-apply: install ## deploy/datadog (dashboards, monitors, SLOs, synthetics) to Datadog by name: a validated plan; APPLY=1 applies (DD_API_KEY, DD_APP_KEY, DD_SITE)
+	@$(UV) run --frozen python scripts/datadog_apply.py $(if $(filter 1 true yes,$(APPLY)),--apply,)
+
 .PHONY: helm-check
 helm-check: install ## Helm chart, offline: pinned helm (Go-built into .stack/bin), lint --strict, kubernetes-validate, scripts/check_chart.py
 	@bash scripts/helm_check.sh

@@ -218,6 +218,14 @@ WEBHOOK_BACKLOG_AGE: Final = MetricSpec(
     "second",
     "Age of an endpoint's oldest pending delivery (sent while it has any).",
 )
+WEBHOOK_BACKLOG_TOTAL: Final = MetricSpec(
+    "webhooks.backlog.total",
+    "gauge",
+    (),
+    "delivery",
+    "Deliveries waiting for a 2xx, every enabled endpoint together (0 when none); sent by "
+    "every dispatcher at every report interval, so its silence means no dispatcher reports.",
+)
 WEBHOOK_ENDPOINTS_DISABLED: Final = MetricSpec(
     "webhooks.endpoints.disabled",
     "count",
@@ -248,6 +256,7 @@ CATALOGUE: Final[tuple[MetricSpec, ...]] = (
     WEBHOOK_DELIVERY_LAG,
     WEBHOOK_BACKLOG_PENDING,
     WEBHOOK_BACKLOG_AGE,
+    WEBHOOK_BACKLOG_TOTAL,
     WEBHOOK_ENDPOINTS_DISABLED,
 )
 """Every metric the service emits, and nothing else."""
@@ -446,10 +455,12 @@ class PaymentMetrics:
 
     def webhook_backlog(self, backlog: list[tuple[str, int, float]]) -> None:
         """Per endpoint (its id only: a merchant id never goes in a tag): pending
-        deliveries and the oldest's age."""
+        deliveries and the oldest's age; and their total, 0 included (the dispatcher's
+        heartbeat: a monitor pages when it stops)."""
         statsd = self._statsd
         if statsd is None:
             return
+        statsd.gauge(WEBHOOK_BACKLOG_TOTAL.name, sum(pending for _, pending, _ in backlog))
         reported = set()
         for endpoint_id, pending, oldest_age_s in backlog:
             tags = _tags(endpoint_id=endpoint_id)

@@ -496,6 +496,11 @@ async def test_the_webhook_dispatcher_counts_deliveries_and_reports_each_endpoin
                 lambda m: named("webhooks.backlog.oldest_age_s")(m) and m.value > 0, "its age"
             )
             assert age.tags["endpoint_id"] == issued.endpoint.endpoint_id
+            # The total, untagged: every dispatcher's heartbeat (webhook-dispatcher-silent.json).
+            total = await statsd.wait_for(
+                lambda m: named("webhooks.backlog.total")(m) and m.value >= 1, "the total"
+            )
+            assert set(total.tags) == {"service", "env", "version"}
     finally:
         await dispatcher.stop()
         await receiver.stop()

@@ -180,7 +180,10 @@ def test_webhook_dispatcher_runs_from_the_app_image_with_the_app_configuration()
     # database), minus what only uvicorn reads; the same Datadog tags and log source.
     app_env = {k: v for k, v in app["environment"].items() if k not in EXTRA_APP_ENV}
     assert webhooks["environment"] == app_env
-    assert webhooks["labels"] == app["labels"]
+    # ... except the API's Autodiscovery identifier: the readiness http_check is the API's.
+    check_id = "com.datadoghq.ad.check.id"
+    assert app["labels"][check_id] == "payment-service-api"
+    assert webhooks["labels"] == {k: v for k, v in app["labels"].items() if k != check_id}
     assert "://payments_app:" in webhooks["environment"]["DATABASE_URL"]
     depends_on = {
         dependency: spec["condition"] for dependency, spec in webhooks["depends_on"].items()

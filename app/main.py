@@ -26,6 +26,7 @@ from app.adapters.db.unit_of_work import SqlUnitOfWork
 from app.adapters.messaging import KafkaMessaging, build_messaging
 from app.adapters.metrics import MetricsReporter, PaymentMetrics
 from app.adapters.vault import CardVault
+from app.api.access_log import AccessLogMiddleware
 from app.api.deps import Runtime, drain_on_sigterm
 from app.api.middleware import (
     BodySizeLimitMiddleware,
@@ -257,8 +258,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app, unexpected)
     app.include_router(health.router)
     app.include_router(payments.router)
-    # Outermost last: correlation id first, then the body limit, then the 500 safety net.
+    # Outermost last: correlation id first, then the access log, then the body limit, then
+    # the 500 safety net (whose answer the access log sees).
     app.add_middleware(UnexpectedErrorMiddleware, errors=unexpected)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.access_log_enabled:
+        app.add_middleware(AccessLogMiddleware, sample_rate=settings.access_log_sample_rate)
     app.add_middleware(CorrelationIdMiddleware, **correlation_middleware_options())  # type: ignore[arg-type]
     return app

@@ -13,6 +13,7 @@ from asgi_correlation_id.context import correlation_id
 from fastapi import Depends, Header, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from app.api.access_log import MERCHANT_STATE_KEY
 from app.core.config import Settings
 from app.domain.merchants import Merchant
 from app.services.auth import Authenticator
@@ -90,12 +91,14 @@ async def current_merchant(
         str | None, Header(description="`Bearer <api_key>`", include_in_schema=False)
     ] = None,
 ) -> Merchant:
-    """The merchant behind the bearer key (401 otherwise)."""
-    return await runtime.authenticator.authenticate(
+    """The merchant behind the bearer key (401 otherwise), noted for the access log."""
+    merchant = await runtime.authenticator.authenticate(
         authorization,
         correlation_id=correlation_id.get(),
         source=request.client.host if request.client else "unknown",
     )
+    setattr(request.state, MERCHANT_STATE_KEY, merchant.merchant_id)
+    return merchant
 
 
 MerchantDep = Annotated[Merchant, Depends(current_merchant)]

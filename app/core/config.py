@@ -180,6 +180,10 @@ class Settings(DatabaseSettings):
     dogstatsd_port: int = Field(default=8125, alias="DD_DOGSTATSD_PORT")
     metrics_enabled: bool = False
     metrics_report_interval_s: float = Field(default=10.0, gt=0)
+    # The access log (docs/observability.md, "Access log"): one line per request; this
+    # share of the successes (below 400) is written, every error always.
+    access_log_enabled: bool = True
+    access_log_sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
 
     @property
     def longest_bank_call_s(self) -> float:

@@ -527,6 +527,33 @@ def test_log_lines_carry_the_ids_of_the_trace_the_agent_received(
     assert "Data Streams Monitoring on" in startup["message"]
 
 
+def test_the_access_log_line_is_in_the_request_s_trace_under_uvicorn(
+    traced_server: Callable[..., TracedServer], merchant: MerchantCredentials
+) -> None:
+    server = traced_server()
+    paid = pay(server, merchant, VISA)
+    txn = paid.json()["transaction_id"]
+    trace = server.wait_for_trace(has_span("payment.process", transaction_id=txn), "payment")
+    correlation_id = paid.headers["X-Correlation-ID"]
+
+    deadline = time.monotonic() + 5
+    while True:  # lines reach the file from the log writer thread
+        lines = [
+            line
+            for line in server.log_lines()
+            if line.get("logger") == "app.access" and line["correlation_id"] == correlation_id
+        ]
+        if lines or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    (line,) = lines
+    assert line["dd.trace_id"] == full_trace_id(trace)
+    assert line["http.route"] == PAY
+    assert line["http.status_code"] == 200
+    assert line["merchant_id"] == merchant.merchant_id  # through uvicorn's request state
+    assert txn not in json.dumps(line)
+
+
 @pytest.mark.mockserver
 def test_trace_context_reaches_the_bank(
     traced_server: Callable[..., TracedServer], merchant: MerchantCredentials

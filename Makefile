@@ -161,3 +161,7 @@ bench-webhooks: install ## One webhook dispatcher: deliveries/s and commit-to-de
 .PHONY: soak
 soak: install ## Bounded soak: Kafka and PostgreSQL restarts, a slow bank, a killed worker; checks the invariants
 	@bash scripts/soak.sh
+
+.PHONY: soak-replicas
+soak-replicas: install ## The soak on 2 service instances x 2 workers + 2 webhook dispatchers, through PgBouncer
+	@SOAK_INSTANCES=$${SOAK_INSTANCES:-2} SOAK_PGBOUNCER=$${SOAK_PGBOUNCER:-1} bash scripts/soak.sh

@@ -22,6 +22,20 @@ meanwhile injects, at fixed fractions of the run:
   again on the same port), while the bank holds requests of that worker;
 * 78 %: Kafka restart again.
 
+**Replicas** (``make soak-replicas``: SOAK_INSTANCES=2, SOAK_PGBOUNCER=1): the drill runs
+SOAK_INSTANCES independent services, each its own uvicorn on its own port with SOAK_WORKERS
+workers (each worker with its own outbox relay, reconciler and purger), all on the one
+database, and spreads the load over them request by request, as a load balancer without
+stickiness would: a retry or a racing duplicate often reaches another instance than its
+first attempt. The worker SIGKILL hits the first instance; the other must answer
+throughout. With SOAK_PGBOUNCER=1 every service connection goes through the stack's
+PgBouncer in transaction pooling (DB_STATEMENT_CACHE_SIZE=0; worker pools of 20 + 30
+overflow, as docs/deployment.md recommends behind PgBouncer), LISTEN and migrations direct
+(DATABASE_DIRECT_URL), so the PostgreSQL restart hits PgBouncer's server connections; a
+sampler of PgBouncer's SHOW POOLS reports how many clients waited for a server. The
+invariants are the same; the report adds the requests by instance and how many idempotency
+keys were used on more than one.
+
 The load mixes new payments (approved, 5 % declined and 2 % "bank error" cards -- MockServer
 answers 500 to 4000000000000119, so the reconciler must end them ``failed`` /
 ``bank_no_record``), status reads, partial refunds, racing refunds of one payment,
@@ -127,6 +141,7 @@ machine point ``STACK_SCRIPT`` (and POSTGRES_PORT, ZOOKEEPER_PORT, KAFKA_PORT,
 MOCKSERVER_PORT) at a private copy of the stack, as ``docs/performance.md`` shows.
 
 Environment (all optional): SOAK_SECONDS=180 SOAK_RATE=20 (requests/s) SOAK_WORKERS=2
+SOAK_INSTANCES=1 SOAK_PGBOUNCER=0 (PGBOUNCER_PORT=6432)
 SOAK_DB=payments_soak SOAK_BANK_SLOW_S=15 SOAK_KILL_WORKER=1 (0: no SIGKILL)
 SOAK_KILL_AFTER_S=5 (into the slow window) SOAK_BANK_MEMORY=1 (0: no lookup answers, a
 negative control: the reconciler then fails what the bank approved, and the bank-decision
@@ -259,6 +274,8 @@ class SoakConfig:
     seconds: float = field(default_factory=lambda: env_float("SOAK_SECONDS", 180))
     rate: float = field(default_factory=lambda: env_float("SOAK_RATE", 20))
     workers: int = field(default_factory=lambda: env_int("SOAK_WORKERS", 2))
+    instances: int = field(default_factory=lambda: max(1, env_int("SOAK_INSTANCES", 1)))
+    pgbouncer: bool = field(default_factory=lambda: env_str("SOAK_PGBOUNCER", "0") != "0")
     database: str = field(default_factory=lambda: env_str("SOAK_DB", "payments_soak"))
     bank_slow_s: float = field(default_factory=lambda: env_float("SOAK_BANK_SLOW_S", 15))
     kill_worker: bool = field(default_factory=lambda: env_str("SOAK_KILL_WORKER", "1") != "0")
@@ -304,7 +321,8 @@ class Window:
         if self.kind == "postgres":
             return record.status == 503 and record.code == "service_unavailable"
         if self.kind == "worker":
-            return record.status == 0  # the request died with the worker
+            # The request died with the worker, which belongs to the first instance.
+            return record.status == 0 and record.instance == 0
         return False
 
     @property
@@ -327,6 +345,7 @@ class Record:
     refund_id: str | None = None
     replayed: bool = False
     error: str | None = None
+    instance: int = 0  # which service instance answered (SOAK_INSTANCES)
 
     @property
     def label(self) -> str:
@@ -360,13 +379,24 @@ class LoadClient:
     """Open-loop mixed load: one new task per tick, whatever the previous ones are doing."""
 
     def __init__(
-        self, *, base_url: str, api_key: str, merchant_id: str, config: SoakConfig, t0: float
+        self,
+        *,
+        base_urls: list[str],
+        api_key: str,
+        merchant_id: str,
+        config: SoakConfig,
+        t0: float,
     ) -> None:
-        self.base_url = base_url
+        self.base_urls = base_urls
         self.merchant_id = merchant_id
         self.config = config
         self.t0 = t0
         self.rng = random.Random(config.seed)
+        # Each request goes to an instance of its own, as a load balancer without
+        # stickiness would send it: a retry, or the twin of a racing duplicate, often
+        # lands on another instance than the first. Its own generator, so the load mix
+        # stays the seed's whatever the number of instances.
+        self.balancer = random.Random(config.seed + 1)
         self.headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
         self.records: list[Record] = []
         self.payments: list[PaymentRequestState] = []
@@ -381,7 +411,6 @@ class LoadClient:
         self.inflight = 0
         self.tasks: set[asyncio.Task[None]] = set()
         self.client = httpx.AsyncClient(
-            base_url=base_url,
             timeout=REQUEST_TIMEOUT_S,
             # Idle connections are dropped before uvicorn's 5 s keep-alive timeout would
             # close them under a request being sent (a client-side "no answer").
@@ -486,12 +515,23 @@ class LoadClient:
         headers["X-Correlation-ID"] = f"{self.config.correlation_prefix}{self.requests_sent}"
         if key is not None:
             headers["Idempotency-Key"] = key
+        instance = self.balancer.randrange(len(self.base_urls))
         t0 = self.now()
         try:
-            response = await self.client.request(method, path, content=body, headers=headers)
+            response = await self.client.request(
+                method, self.base_urls[instance] + path, content=body, headers=headers
+            )
         except httpx.HTTPError as exc:
             self.records.append(
-                Record(op=op, t0=t0, t1=self.now(), status=0, key=key, error=type(exc).__name__)
+                Record(
+                    op=op,
+                    t0=t0,
+                    t1=self.now(),
+                    status=0,
+                    key=key,
+                    error=type(exc).__name__,
+                    instance=instance,
+                )
             )
             return 0, None, False
         t1 = self.now()
@@ -511,6 +551,7 @@ class LoadClient:
                 transaction_id=(payload or {}).get("transaction_id"),
                 refund_id=(payload or {}).get("refund_id"),
                 replayed=replayed,
+                instance=instance,
             )
         )
         return response.status_code, payload, replayed
@@ -1164,6 +1205,79 @@ def _by_key(exchanges: list[BankExchange]) -> dict[str, list[BankExchange]]:
     return grouped
 
 
+class PoolSampler:
+    """Samples PgBouncer's pool of the drill's database (``SHOW POOLS`` on its admin
+    console) during the run: how many clients waited for a server connection, and for how
+    long, next to how many server connections were in use."""
+
+    def __init__(self, port: int, database: str, interval_s: float = 1.0) -> None:
+        self.port = port
+        self.database = database
+        self.interval_s = interval_s
+        self.samples = 0
+        self.failed_samples = 0
+        self.max_waiting = 0
+        self.max_wait_s = 0.0
+        self.max_active = 0
+        self.waiting_since: list[float] = []  # drill seconds of samples with clients waiting
+        self.worst: dict[str, Any] = {}  # the pool's row when the most clients waited
+
+    def sample(self) -> tuple[int, float, int, dict[str, Any]]:
+        """(clients waiting, the longest wait in seconds, server connections active, the
+        pool's row)."""
+        conn = psycopg2.connect(
+            host="127.0.0.1", port=self.port, user="postgres", dbname="pgbouncer", connect_timeout=3
+        )
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("SHOW POOLS")
+                names = [column[0] for column in cur.description or ()]
+                rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        finally:
+            conn.close()
+        ours = [row for row in rows if row.get("database") == self.database]
+        waiting = sum(int(row["cl_waiting"]) for row in ours)
+        wait_s = max(
+            (int(row["maxwait"]) + int(row.get("maxwait_us", 0)) / 1e6 for row in ours),
+            default=0.0,
+        )
+        row = {k: v for k, v in (ours[0] if ours else {}).items() if k.startswith(("cl_", "sv_"))}
+        return waiting, wait_s, sum(int(row["sv_active"]) for row in ours), row
+
+    async def run(self, stop: asyncio.Event, t0: float) -> None:
+        """Sample every interval until ``stop``."""
+        while not stop.is_set():
+            try:
+                waiting, wait_s, active, row = await asyncio.to_thread(self.sample)
+            except psycopg2.Error:
+                self.failed_samples += 1
+            else:
+                self.samples += 1
+                if waiting > self.max_waiting:
+                    self.worst = {"at_s": round(time.monotonic() - t0, 1), **row}
+                self.max_waiting = max(self.max_waiting, waiting)
+                self.max_wait_s = max(self.max_wait_s, wait_s)
+                self.max_active = max(self.max_active, active)
+                if waiting:
+                    self.waiting_since.append(round(time.monotonic() - t0, 1))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
+
+    def figures(self) -> dict[str, Any]:
+        """What the report keeps."""
+        return {
+            "samples": self.samples,
+            "failed_samples": self.failed_samples,
+            "max_clients_waiting": self.max_waiting,
+            "max_wait_s": round(self.max_wait_s, 3),
+            "max_server_connections_active": self.max_active,
+            "samples_with_clients_waiting": len(self.waiting_since),
+            "first_waits_at_s": self.waiting_since[:20],
+            "when_most_waited": self.worst,
+        }
+
+
 class RefundSampler:
     """Samples, by SQL, every payment's refund balance during the run."""
 
@@ -1807,7 +1921,10 @@ class Soak:
         self.secrets = production_secrets()
         self.merchant_id = f"merchant_soak_{config.run_tag}"
         self.api_key = "sk_soak_" + secrets.token_hex(20)
-        self.server: AppServer | None = None
+        # SOAK_INSTANCES independent services (each uvicorn with SOAK_WORKERS workers,
+        # each worker with its own relay, reconciler and purger); the faults aimed at
+        # "the service" (the worker SIGKILL) hit the first.
+        self.servers: list[AppServer] = []
         self.memory: BankMemory | None = None
         self.sampler: RefundSampler | None = None
         self.webhooks: WebhookDrill | None = None
@@ -1818,11 +1935,37 @@ class Soak:
         self.settlement: dict[str, Any] = {}
         self.bank: BankLog | None = None
 
+    @property
+    def server(self) -> AppServer | None:
+        """The first instance: the one the worker SIGKILL hits."""
+        return self.servers[0] if self.servers else None
+
+    def database_env(self) -> dict[str, str]:
+        """The database settings: direct, or (SOAK_PGBOUNCER) through the stack's
+        PgBouncer in transaction pooling, LISTEN and migrations going direct."""
+        if not self.config.pgbouncer:
+            return {"DATABASE_URL": self.db.url}
+        port = env_int("PGBOUNCER_PORT", 6432)
+        return {
+            "DATABASE_URL": f"postgresql+asyncpg://payments@127.0.0.1:{port}/{self.db.name}",
+            "DATABASE_DIRECT_URL": self.db.url,
+            "DB_STATEMENT_CACHE_SIZE": "0",
+            # Behind PgBouncer a client connection is cheap and PgBouncer's pool bounds the
+            # server's: the workers' pools are sized as docs/deployment.md recommends there
+            # (a statement without the cache costs a round trip more, so a burst holds
+            # connections longer), unless the environment says otherwise.
+            "DB_POOL_SIZE": env_str("DB_POOL_SIZE", "20"),
+            "DB_MAX_OVERFLOW": env_str("DB_MAX_OVERFLOW", "30"),
+        }
+
     # -- set-up ---------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Stack, database, migrations, merchant, topic offsets, service."""
-        self.stack.up(["postgres", "zookeeper", "kafka", "mockserver"])
+        """Stack, database, migrations, merchant, topic offsets, services."""
+        services = ["postgres", "zookeeper", "kafka", "mockserver"]
+        if self.config.pgbouncer:
+            services.insert(1, "pgbouncer")
+        self.stack.up(services)
         log(f"database {self.db.name}: drop, create, alembic upgrade head")
         self.db.recreate()
         env = service_env(
@@ -1830,6 +1973,18 @@ class Soak:
             bank_url=self.ports.bank_url,
             kafka=self.ports.kafka_bootstrap,
             secrets_env=self.secrets,
+        )
+        env |= self.database_env()
+        self.report["topology"] = {
+            "instances": self.config.instances,
+            "workers_per_instance": self.config.workers,
+            "webhook_dispatchers": self.config.webhook_dispatchers,
+            "database": "pgbouncer (transaction pooling)" if self.config.pgbouncer else "direct",
+        }
+        log(
+            f"topology: {self.config.instances} instance(s) x {self.config.workers} workers,"
+            f" {self.config.webhook_dispatchers} webhook dispatcher(s), database"
+            f" {self.report['topology']['database']}"
         )
         reconcile = reconcile_settings()
         env |= reconcile
@@ -1846,10 +2001,11 @@ class Soak:
                 config=self.config, ports=self.ports, db=self.db, merchant_ids=[self.merchant_id]
             )
             self.webhooks.prepare(env, self.start_offsets)
-        self.server = AppServer(
-            env=env, workers=self.config.workers, log_path=out_dir() / "soak-app.log"
-        )
-        self.server.start()
+        for n in range(self.config.instances):
+            name = "soak-app.log" if n == 0 else f"soak-app-{n + 1}.log"
+            server = AppServer(env=env, workers=self.config.workers, log_path=out_dir() / name)
+            self.servers.append(server)
+            server.start()
         if self.webhooks is not None:
             self.webhooks.wait_joined()
 
@@ -1861,7 +2017,7 @@ class Soak:
         assert self.server is not None
         t0 = time.monotonic()
         client = LoadClient(
-            base_url=self.server.base_url,
+            base_urls=[server.base_url for server in self.servers],
             api_key=self.api_key,
             merchant_id=self.merchant_id,
             config=self.config,
@@ -1886,7 +2042,7 @@ class Soak:
         async def sample_warm() -> None:
             await asyncio.sleep(warmup_s)
             assert self.server is not None
-            self.rss_warm = self.server.memory()
+            self.rss_warm = self.memory_of_all()
             log(f"after warm-up ({warmup_s:.0f} s): RSS {describe_rss(self.rss_warm)}")
 
         log(
@@ -1904,6 +2060,10 @@ class Soak:
         ]
         if webhooks is not None:
             background.append(asyncio.create_task(webhooks.watch_loop(stop)))
+        pools: PoolSampler | None = None
+        if self.config.pgbouncer:
+            pools = PoolSampler(env_int("PGBOUNCER_PORT", 6432), self.db.name)
+            background.append(asyncio.create_task(pools.run(stop, t0)))
         if not self.config.bank_memory:
             log("bank memory OFF (SOAK_BANK_MEMORY=0): no lookup answers, decisions get lost")
         try:
@@ -1913,7 +2073,7 @@ class Soak:
                 sample_warm(),
                 webhooks.receiver_outage() if webhooks is not None else asyncio.sleep(0),
             )
-            self.rss_end = self.server.memory()
+            self.rss_end = self.memory_of_all()
             registered = await memory.sweep()  # once more, now that every request is over
             log(f"load over at {client.now():.1f} s; bank memory: {registered} more lookups")
             self.settlement = await self.wait_settled(client)
@@ -1926,11 +2086,18 @@ class Soak:
         finally:
             stop.set()
             await asyncio.gather(*background, return_exceptions=True)
+            if pools is not None:
+                self.report["pgbouncer_pool"] = pools.figures()
+                log(f"pgbouncer pool: {json.dumps(self.report['pgbouncer_pool'])}")
             if webhooks is not None:
                 await webhooks.shutdown()
             await client.aclose()
             await memory.aclose()
         return client
+
+    def memory_of_all(self) -> list[dict[str, int]]:
+        """RSS of every worker of every instance."""
+        return [m for server in self.servers for m in server.memory()]
 
     def unsettled_counts(self) -> tuple[int, int]:
         """(payments processing, refunds pending) of this run's merchant."""
@@ -2805,27 +2972,32 @@ class Soak:
         )
 
     def check_health(self) -> None:
-        """/health is healthy again (degraded first is fine), within 90 s."""
-        assert self.server is not None
+        """/health of every instance is healthy again (degraded first is fine), within 90 s."""
+        for n, server in enumerate(self.servers):
+            name = "service" if len(self.servers) == 1 else f"instance {n + 1}"
+            self.check_health_of(server, name)
+
+    def check_health_of(self, server: AppServer, name: str) -> None:
+        """One instance's /health is healthy again, within 90 s."""
         seen: list[str] = []
         deadline = time.monotonic() + 90
         status = "?"
         while time.monotonic() < deadline:
             try:
-                answer = httpx.get(f"{self.server.base_url}/health", timeout=5)
+                answer = httpx.get(f"{server.base_url}/health", timeout=5)
                 status = str(answer.json().get("status"))
                 checks = answer.json().get("checks", {})
             except (httpx.HTTPError, ValueError):
                 status, checks = "no answer", {}
             if not seen or seen[-1] != status:
                 seen.append(status)
-                log(f"health: {status} {json.dumps(checks)[:300]}")
+                log(f"health of {name}: {status} {json.dumps(checks)[:300]}")
             if status == "healthy":
                 break
             time.sleep(2)
         self.checks.append(
             Check(
-                "service healthy again at the end",
+                f"{name} healthy again at the end",
                 status == "healthy",
                 " -> ".join(seen),
                 {"sequence": seen},
@@ -2876,7 +3048,11 @@ class Soak:
             ok = warm == end
             expectation = "no worker died"
         else:
-            ok = expected_survivors <= end and len(new) == 1 and len(end) == self.config.workers
+            ok = (
+                expected_survivors <= end
+                and len(new) == 1
+                and len(end) == self.config.workers * self.config.instances
+            )
             expectation = (
                 f"worker {killed} SIGKILLed, replaced by {sorted(new)} after"
                 f" {self.faults.killed.get('replaced_after_s')} s; it took"
@@ -2919,8 +3095,16 @@ class Soak:
                 "p50_ms": round(values[len(values) // 2], 1),
                 "p99_ms": round(values[min(len(values) - 1, int(len(values) * 0.99))], 1),
             }
+        by_instance: Counter[int] = Counter(record.instance + 1 for record in client.records)
+        instances_of_key: dict[str, set[int]] = defaultdict(set)
+        for record in client.records:
+            if record.key:
+                instances_of_key[record.key].add(record.instance)
         return {
             "requests": len(client.records),
+            "by_instance": dict(sorted(by_instance.items())),
+            # Idempotency keys whose requests (retries, racing twins) reached several instances.
+            "keys_across_instances": sum(1 for seen in instances_of_key.values() if len(seen) > 1),
             "answered_202": sum(1 for r in client.records if r.status == 202),
             "dropped_by_client": client.dropped,
             "by_operation": {op: dict(c) for op, c in sorted(by_op.items())},
@@ -2977,10 +3161,10 @@ class Soak:
         finally:
             if self.webhooks is not None:
                 self.webhooks.stop_dispatchers()  # already stopped unless the drill broke off
-            if self.server is not None:
-                code = self.server.stop()
-                log(f"service stopped, exit status {code}")
-                self.report["service_exit_status"] = code
+            for n, server in enumerate(self.servers):
+                code = server.stop()
+                log(f"service instance {n + 1} stopped, exit status {code}")
+                self.report.setdefault("service_exit_status", []).append(code)
             self.cleanup_bank()
             self.stack.stop_started()
         self.report["elapsed_s"] = round(time.monotonic() - started, 1)
@@ -2997,6 +3181,14 @@ class Soak:
             f"\nsoak: {load.get('requests', 0)} requests in {self.config.seconds:g} s,"
             f" {load.get('answered_202', 0)} answered 202"
         )
+        if "pgbouncer_pool" in self.report:
+            print(f"  pgbouncer pool {self.report['pgbouncer_pool']}")
+        if self.config.instances > 1:
+            print(
+                f"  topology {self.report.get('topology')}; requests by instance"
+                f" {load.get('by_instance')}; {load.get('keys_across_instances')} idempotency"
+                " keys used on more than one instance"
+            )
         for op, statuses in load.get("by_operation", {}).items():
             print(f"  {op:<14} {statuses}")
         for op, figures in load.get("latency_outside_faults", {}).items():

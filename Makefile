@@ -151,8 +151,14 @@ helm-check: install ## Helm chart, offline: pinned helm (Go-built into .stack/bi
 
 # --- Load and fault drills ---------------------------------------------------------------
 .PHONY: bench
-bench: install ## Load-test 2 uvicorn workers with wrk, full stack and simulator-only (.bench/results.json)
+bench: install ## Load-test 2 uvicorn workers: wrk closed loop, vegeta open loop, targets (.bench/results.json, report.html)
 	@bash scripts/bench.sh
+
+.PHONY: bench-compare
+bench-compare: ## Before/after Markdown tables of two bench runs: make bench-compare BEFORE=a.json AFTER=b.json
+	@if [ -z "$(BEFORE)" ] || [ -z "$(AFTER)" ]; then \
+		echo "usage: make bench-compare BEFORE=old-results.json AFTER=.bench/results.json" >&2; exit 2; fi
+	@$(UV) run --frozen python scripts/bench_compare.py "$(BEFORE)" "$(AFTER)"
 
 .PHONY: bench-webhooks
 bench-webhooks: install ## One webhook dispatcher: deliveries/s and commit-to-delivery latency (.bench/webhooks.json)

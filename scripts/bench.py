@@ -10,40 +10,74 @@ stopped at the end, the others are left alone.
 Two modes, to separate the service's own cost from its dependencies':
 
 * **full stack** -- PostgreSQL, MockServer as the bank (``BANK_API_URL``) and Kafka
-  (``KAFKA_BOOTSTRAP_SERVERS``): payments at a fixed concurrency, payments at a fixed
-  rate (``BENCH_RATE_FULL``, default 150/s: its p99 is the target figure), status reads,
-  0.01 partial refunds and listing pages (the last three at the fixed concurrency);
+  (``KAFKA_BOOTSTRAP_SERVERS``): payments at a fixed concurrency (wrk, closed loop: the
+  maximum); ``BENCH_ROUNDS`` short rounds of the same (the spread of payments/s); status
+  reads, 0.01 partial refunds and listing pages at the fixed concurrency; payments once
+  more with tracing off, and right after it on a second service with ddtrace on
+  (``DD_TRACE_ENABLED=true``, sending to the stack's test agent at the default sample
+  rate; started while the first idles): the tracing cost. Then, each on a fresh service
+  (one that could not keep up would still be busy with the backlog in the next phase),
+  payments at ``BENCH_OPEN_RATE`` (default 300/s) and reads at
+  ``BENCH_OPEN_READS_RATE`` (default 1,500/s) **open loop** (vegeta: a fixed arrival
+  rate, latency includes queueing);
 * **simulator** -- the in-process bank and no Kafka (events stay in the outbox):
-  payments at the fixed concurrency and at ``BENCH_RATE_SIM`` (default 300/s), then
-  listing pages at the fixed concurrency.
+  payments and then listing pages at the fixed concurrency.
+
+* **floor** -- ``scripts/bench_floor.py``, a bare asyncio server doing the least a
+  payment needs on the same stack (aiohttp, one asyncpg statement for the payment and
+  its outbox row, one pooled aiohttp call to MockServer, one aiokafka ``acks=all`` send),
+  under the same wrk payments phase: the service's figures are compared with it.
+
+The wrk-paced phases of earlier runs ("payments-rate": ``BENCH_RATE_FULL`` on the full
+stack, ``BENCH_RATE_SIM`` on the simulator) run only when ``BENCH_PHASES`` names them.
 
 The listing phase pages through the thousands of payments the phases before it made:
 ``GET /api/v1/payments?limit=20`` in turn plain, with ``status=captured``, and with
 ``starting_after`` one of the captured ids (a cursor deep in the history).
 
-The load comes from ``wrk`` with the Lua scripts in ``scripts/bench/`` (see
-``common.lua`` for how a closed-loop tool approximates a fixed rate). For every phase:
-requests/s, latency percentiles, non-2xx and socket errors, the service's CPU time per
-1,000 requests (utime + stime of the uvicorn supervisor and its workers, from
-``/proc/<pid>/stat``), the dependencies' and the load generator's CPU, peak RSS per
-worker (``VmHWM``), and SQL statements per request (``pg_stat_statements`` deltas for the
-bench database). Results go to ``.bench/results.json``; a table goes to stdout.
+Closed-loop load comes from ``wrk`` with the Lua scripts in ``scripts/bench/`` (see
+``common.lua`` for how a closed-loop tool approximates a fixed rate), open-loop load from
+vegeta (``scripts/bench_openloop.py``; built pinned into ``.stack/bin`` by bench.sh). For
+every phase: requests/s, latency percentiles, non-2xx and socket errors, the service's
+CPU time per request (utime + stime of the uvicorn supervisor and its workers, from
+``/proc/<pid>/stat``), PostgreSQL's CPU per request (the bench database's backends and
+the server's background processes, not other databases' backends), the dependencies'
+and the load generator's CPU, peak RSS per worker (``VmHWM``), SQL statements per request
+from ``pg_stat_statements`` deltas for the bench database -- *sent* (top-level: what the
+service sends) and *executed* (with ``track = all``, also the statements PostgreSQL runs
+inside them: foreign-key checks) --, WAL bytes per request (``pg_current_wal_lsn()``
+before and after: the whole cluster's; and the bench database's statements' own
+``wal_bytes``) and the checkpoints during the phase (``pg_stat_bgwriter``). CPU,
+statements and WAL are divided by the requests the database served in the window.
+
+Results go to ``.bench/results.json``, a self-contained ``.bench/report.html`` (latency
+over time and throughput per second of every open-loop phase, throughput of every phase;
+``scripts/bench_report.py`` redraws it), vegeta's raw results to
+``.bench/open-<phase>.bin``; the phase table and the targets of issue 17 go to stdout.
+``make bench-compare BEFORE=a.json AFTER=b.json`` renders two runs side by side.
 
 Environment (all optional):
-  BENCH_WORKERS=2  BENCH_CONNECTIONS=32  BENCH_THREADS=1  BENCH_DURATION=20 (s per phase)
+  BENCH_WORKERS=2  BENCH_CONNECTIONS=32  BENCH_THREADS=1  BENCH_DURATION=15 (s per phase)
   BENCH_WARMUP=3 (s, unmeasured, after each server start)  BENCH_RATE_FULL=150
-  BENCH_RATE_SIM=300  BENCH_IDEMPOTENCY=1 (a fresh Idempotency-Key on every POST)
-  BENCH_DB=payments_bench  BENCH_MODES=full,sim  BENCH_PROFILE= (a phase name, e.g.
+  BENCH_RATE_SIM=300 (the opt-in wrk-paced phases)  BENCH_OPEN_RATE=300
+  BENCH_OPEN_READS_RATE=1500 (open loop, requests/s)
+  BENCH_ROUNDS=5  BENCH_ROUND_DURATION=8 (s)  BENCH_TRACING=1 (0: no tracing pair)
+  BENCH_IDEMPOTENCY=1 (a fresh Idempotency-Key on every POST)
+  BENCH_DB=payments_bench  BENCH_MODES=full,sim,floor  BENCH_PROFILE= (a phase name, e.g.
   sim-payments-concurrency: py-spy records one worker during it)  BENCH_OUT=.bench
-  BENCH_PHASES= (phases to run, e.g. "listing" or "payments-rate,reads"; all when empty;
-  the warm-up's payments are still made, so a listing alone has some to page through)
-  POSTGRES_PORT / KAFKA_PORT / MOCKSERVER_PORT and STACK_SCRIPT (another stack.sh, e.g.
-  a private copy on other ports) as scripts/stack.sh understands them.
+  BENCH_PHASES= (phases to run, e.g. "listing" or "payments-open,reads"; all default
+  phases when empty; the warm-up's payments are still made, so a listing alone has some
+  to page through; "rounds" selects the stability rounds, "tracing" the tracing pair)
+  POSTGRES_PORT / KAFKA_PORT / MOCKSERVER_PORT / TESTAGENT_PORT and STACK_SCRIPT
+  (another stack.sh, e.g. a private copy on other ports) as scripts/stack.sh
+  understands them.
   BENCH_APP=app.main:create_app (the ASGI factory uvicorn serves: experiments can wrap it)
 
-Nothing is asserted: the targets (>= 300 payments/s on the simulator with 2 workers,
-p99 < 100 ms at 150 payments/s on the full stack, <= 3 ms of service CPU per payment,
-<= 200 MB RSS per worker) are printed next to what was reached.
+Nothing is asserted: issue 17's targets (service CPU <= 1.5 ms and PostgreSQL CPU <=
+0.8 ms per payment, <= 2 statements sent per payment, >= 600 payments/s with 2 workers,
+reads <= 0.5 ms and >= 2,500/s, p99 < 50 ms at 300 payments/s open loop, tracing cost <=
+15 %, the spread of 5 rounds within +-15 %) are printed next to what was reached and
+stored in results.json.
 """
 
 from __future__ import annotations
@@ -68,6 +102,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import bench_openloop
+import bench_report
 import httpx
 import psycopg2
 from psycopg2 import sql
@@ -228,6 +264,7 @@ class Ports:
     postgres: int = field(default_factory=lambda: env_int("POSTGRES_PORT", 5432))
     kafka: int = field(default_factory=lambda: env_int("KAFKA_PORT", 9092))
     mockserver: int = field(default_factory=lambda: env_int("MOCKSERVER_PORT", 1080))
+    testagent: int = field(default_factory=lambda: env_int("TESTAGENT_PORT", 8126))
 
     @property
     def bank_url(self) -> str:
@@ -373,8 +410,9 @@ class BenchDatabase:
             conn.close()
         return self.stats_enabled
 
-    def statement_snapshot(self) -> dict[tuple[int, int, bool], tuple[str, int, float]]:
-        """(queryid, userid, toplevel) -> (query, calls, total ms) for this database."""
+    def statement_snapshot(self) -> dict[tuple[int, int, bool], tuple[str, int, float, int]]:
+        """(queryid, userid, toplevel) -> (query, calls, total ms, WAL bytes) for this
+        database."""
         if not self.stats_enabled:
             return {}
         conn = self.connect(user="postgres")
@@ -382,7 +420,7 @@ class BenchDatabase:
             with conn.cursor() as cur:
                 cur.execute(
                     "SELECT s.queryid, s.userid, s.toplevel, s.query, s.calls,"
-                    " s.total_exec_time FROM pg_stat_statements s"
+                    " s.total_exec_time, s.wal_bytes FROM pg_stat_statements s"
                     " JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s",
                     (self.name,),
                 )
@@ -390,10 +428,111 @@ class BenchDatabase:
         finally:
             conn.close()
         return {
-            (r[0] or 0, r[1], bool(r[2])): (r[3], int(r[4]), float(r[5]))
+            (r[0] or 0, r[1], bool(r[2])): (r[3], int(r[4]), float(r[5]), int(r[6] or 0))
             for r in rows
-            if "pg_stat_statements" not in r[3]
+            # Not the bench's own queries.
+            if "pg_stat_statements" not in r[3] and "/* bench */" not in r[3]
         }
+
+    def row_counts(self) -> dict[str, int]:
+        """Payments and refunds in the database: the requests a phase's database served are
+        the rows it created, whatever SQL the service sends (wrk does not count the
+        requests it abandons at the end of a phase)."""
+        conn = self.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "/* bench */ SELECT (SELECT count(*) FROM transactions),"
+                    " (SELECT count(*) FROM refunds),"
+                    " to_regclass('floor_payments') IS NOT NULL"
+                )
+                payments, refunds, floor = cur.fetchone()
+                if floor:  # scripts/bench_floor.py's payments
+                    cur.execute("/* bench */ SELECT count(*) FROM floor_payments")
+                    payments += cur.fetchone()[0]
+        finally:
+            conn.close()
+        return {"payments": int(payments), "refunds": int(refunds)}
+
+    def wal_snapshot(self) -> dict[str, Any]:
+        """The cluster's WAL insert position and checkpoint counters right now."""
+        conn = self.connect(user="postgres")
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "/* bench */ SELECT pg_current_wal_lsn()::text, checkpoints_timed,"
+                    " checkpoints_req,"
+                    " buffers_checkpoint FROM pg_stat_bgwriter"
+                )
+                lsn, timed, requested, buffers = cur.fetchone()
+        finally:
+            conn.close()
+        return {
+            "lsn": lsn,
+            "checkpoints_timed": int(timed),
+            "checkpoints_req": int(requested),
+            "buffers_checkpoint": int(buffers),
+        }
+
+
+def lsn_bytes(lsn: str) -> int:
+    """A WAL position ('16/B374D848') as a byte offset (what pg_wal_lsn_diff subtracts)."""
+    high, _, low = lsn.partition("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def wal_delta(before: dict[str, Any], after: dict[str, Any], requests: int) -> dict[str, Any]:
+    """WAL written and checkpoints between two :meth:`BenchDatabase.wal_snapshot`s."""
+    written = lsn_bytes(after["lsn"]) - lsn_bytes(before["lsn"])
+    return {
+        "bytes": written,
+        "bytes_per_request": round(written / max(requests, 1)),
+        "checkpoints_timed": after["checkpoints_timed"] - before["checkpoints_timed"],
+        "checkpoints_req": after["checkpoints_req"] - before["checkpoints_req"],
+        "buffers_checkpoint": after["buffers_checkpoint"] - before["buffers_checkpoint"],
+    }
+
+
+# PostgreSQL's shared background processes ("postgres: walwriter", ...): their CPU is
+# the bench's too; other databases' backends are not.
+PG_SHARED_PROCESSES = (
+    "checkpointer",
+    "background writer",
+    "walwriter",
+    "autovacuum launcher",
+    "logical replication launcher",
+)
+
+
+def pg_process_is_ours(title: str, database: str) -> bool:
+    """Whether a PostgreSQL process title counts for ``database``: a shared background
+    process, a backend or an autovacuum worker of that database."""
+    rest = title.removeprefix("postgres: ").strip()
+    if rest.startswith(PG_SHARED_PROCESSES):
+        return True
+    words = rest.split()
+    if words[:2] == ["autovacuum", "worker"]:
+        return words[2:3] == [database]
+    return len(words) >= 2 and words[1] == database
+
+
+def pg_cpu_snapshot(postmaster: int | None, database: str) -> dict[int, float]:
+    """pid -> CPU seconds of the PostgreSQL processes that count for ``database``."""
+    if postmaster is None:
+        return {}
+    out = {}
+    for pid in process_tree(postmaster):
+        if pid != postmaster and pg_process_is_ours(cmdline(pid), database):
+            stat = read_proc_stat(pid)
+            if stat is not None:
+                out[pid] = stat[1]
+    return out
+
+
+def pg_cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds between two :func:`pg_cpu_snapshot`s (a process that exited in
+    between is lost: the bench's pooled connections live through the phases)."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
 # One statement that runs exactly once per request of a kind: counting it gives the
@@ -409,26 +548,36 @@ UNIT_STATEMENTS: dict[str, str | tuple[str, ...]] = {
 
 
 def statement_delta(
-    before: dict[tuple[int, int, bool], tuple[str, int, float]],
-    after: dict[tuple[int, int, bool], tuple[str, int, float]],
+    before: dict[tuple[int, int, bool], tuple[str, int, float, int]],
+    after: dict[tuple[int, int, bool], tuple[str, int, float, int]],
     requests: int,
     *,
     kind: str,
+    served: int | None = None,
 ) -> dict[str, Any]:
     """Statements per request between two snapshots, with the busiest ones.
 
-    ``per_request`` divides by the executions of the kind's unit statement when there
-    are any (the requests the service really processed in the window), else by
-    ``requests``.
+    ``per_request`` counts every statement PostgreSQL executed (with ``track = all`` also
+    those run inside another: foreign-key checks), ``sent_per_request`` only top-level
+    ones, what the service sent. Both divide by ``served`` (rows the phase created, see
+    :meth:`BenchDatabase.row_counts`) when given, else by the executions of the kind's
+    unit statement when there are any (the requests the service really processed in the
+    window), else by ``requests``. ``wal_bytes_per_request`` is the WAL the top-level
+    statements wrote (their nested statements' included).
     """
     rows = []
-    for key, (query, calls, total_ms) in after.items():
-        _, calls0, total0 = before.get(key, (query, 0, 0.0))
+    sent = 0
+    wal = 0
+    for key, (query, calls, total_ms, wal_bytes) in after.items():
+        _, calls0, total0, wal0 = before.get(key, (query, 0, 0.0, 0))
         if calls - calls0 > 0:
             rows.append((query, calls - calls0, total_ms - total0))
+            if key[2]:
+                sent += calls - calls0
+                wal += wal_bytes - wal0
     marker = UNIT_STATEMENTS.get(kind)
     units = sum(c for q, c, _ in rows if marker and q.startswith(marker))
-    requests = units or requests
+    requests = served or units or requests
     total_calls = sum(r[1] for r in rows)
     by_kind: Counter[str] = Counter()
     for query, calls, _ in rows:
@@ -438,6 +587,8 @@ def statement_delta(
     return {
         "requests_served": requests,
         "per_request": round(total_calls / per, 2),
+        "sent_per_request": round(sent / per, 2),
+        "wal_bytes_per_request": round(wal / per),
         "by_kind_per_request": {k: round(v / per, 2) for k, v in by_kind.most_common()},
         "db_exec_ms_per_request": round(sum(r[2] for r in rows) / per, 3),
         "top": [
@@ -496,6 +647,18 @@ def service_env(
     return env
 
 
+def tracing_env(agent_port: int) -> dict[str, str]:
+    """ddtrace on, as in production but sending to the stack's test agent: the default
+    sample rate, no telemetry or remote configuration (nothing to talk to here)."""
+    return {
+        "DD_TRACE_ENABLED": "true",
+        "DD_TRACE_AGENT_URL": f"http://127.0.0.1:{agent_port}",
+        "DD_ENV": "bench",
+        "DD_INSTRUMENTATION_TELEMETRY_ENABLED": "false",
+        "DD_REMOTE_CONFIGURATION_ENABLED": "false",
+    }
+
+
 def create_merchant(env: dict[str, str], merchant_id: str, api_key: str) -> None:
     """``payments-admin create-merchant`` (the CLI reads DATABASE_URL and the pepper)."""
     admin = Path(sys.executable).with_name("payments-admin")
@@ -510,15 +673,43 @@ def create_merchant(env: dict[str, str], merchant_id: str, api_key: str) -> None
 
 
 class AppServer:
-    """uvicorn with N workers, started in its own session so it can be stopped whole."""
+    """uvicorn with N workers, started in its own session so it can be stopped whole
+    (or, with ``floor``, scripts/bench_floor.py: the same supervisor-and-workers shape)."""
 
-    def __init__(self, *, env: dict[str, str], workers: int, log_path: Path) -> None:
+    def __init__(
+        self, *, env: dict[str, str], workers: int, log_path: Path, floor: list[str] | None = None
+    ) -> None:
         self.env = env
         self.workers = workers
         self.port = free_port()
         self.log_path = log_path
+        self.floor = floor
         self.process: subprocess.Popen[bytes] | None = None
         self.base_url = f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        """The server's command line."""
+        if self.floor is not None:
+            script = str(REPO / "scripts" / "bench_floor.py")
+            return [sys.executable, script, "--port", str(self.port), *self.floor]
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            env_str("BENCH_APP", "app.main:create_app"),
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+            "--no-access-log",
+            "--timeout-graceful-shutdown",
+            "20",
+            "--app-dir",
+            str(REPO),
+        ]
 
     def start(self, *, timeout_s: float = 90.0) -> None:
         """Start and wait until every worker runs and /health/ready answers 200."""
@@ -526,24 +717,7 @@ class AppServer:
         # The repo is on the path through the editable install; cwd is .bench so that a
         # developer's .env does not reconfigure the service under test.
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                env_str("BENCH_APP", "app.main:create_app"),
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--workers",
-                str(self.workers),
-                "--no-access-log",
-                "--timeout-graceful-shutdown",
-                "20",
-                "--app-dir",
-                str(REPO),
-            ],
+            self.command(),
             cwd=out_dir(),
             env=self.env,
             stdout=log_file,
@@ -590,6 +764,19 @@ class AppServer:
     def cpu_seconds(self) -> float:
         """CPU seconds used so far by the supervisor and its workers."""
         return tree_cpu_seconds(self.pid)
+
+    def wait_until_idle(self, *, max_s: float = 30.0, busy_cores: float = 0.1) -> float:
+        """Wait until the service uses under ``busy_cores`` over half a second (at most
+        ``max_s``); returns the seconds waited."""
+        started = time.monotonic()
+        cpu = self.cpu_seconds()
+        while time.monotonic() - started < max_s:
+            time.sleep(0.5)
+            now = self.cpu_seconds()
+            if now - cpu < busy_cores * 0.5:
+                break
+            cpu = now
+        return time.monotonic() - started
 
     def memory(self) -> list[dict[str, int]]:
         """Current and peak resident memory of each worker, in kB."""
@@ -765,6 +952,9 @@ class Phase:
     name: str
     script: str
     rate: float = 0.0  # 0 = fixed concurrency, as fast as the service answers
+    open_loop: bool = False  # vegeta at ``rate``, instead of wrk
+    duration_s: float | None = None  # else the run's BENCH_DURATION
+    selector: str = ""  # the BENCH_PHASES name selecting it, when not its own name
 
     @property
     def kind(self) -> str:
@@ -779,14 +969,21 @@ class Config:
     workers: int = field(default_factory=lambda: env_int("BENCH_WORKERS", 2))
     connections: int = field(default_factory=lambda: env_int("BENCH_CONNECTIONS", 32))
     threads: int = field(default_factory=lambda: env_int("BENCH_THREADS", 1))
-    duration_s: float = field(default_factory=lambda: env_float("BENCH_DURATION", 20))
+    duration_s: float = field(default_factory=lambda: env_float("BENCH_DURATION", 15))
     warmup_s: float = field(default_factory=lambda: env_float("BENCH_WARMUP", 3))
     rate_full: float = field(default_factory=lambda: env_float("BENCH_RATE_FULL", 150))
     rate_sim: float = field(default_factory=lambda: env_float("BENCH_RATE_SIM", 300))
+    open_rate: float = field(default_factory=lambda: env_float("BENCH_OPEN_RATE", 300))
+    open_reads_rate: float = field(default_factory=lambda: env_float("BENCH_OPEN_READS_RATE", 1500))
+    rounds: int = field(default_factory=lambda: env_int("BENCH_ROUNDS", 5))
+    round_duration_s: float = field(default_factory=lambda: env_float("BENCH_ROUND_DURATION", 8))
+    tracing: bool = field(default_factory=lambda: env_str("BENCH_TRACING", "1") != "0")
     idempotency: bool = field(default_factory=lambda: env_str("BENCH_IDEMPOTENCY", "1") != "0")
     database: str = field(default_factory=lambda: env_str("BENCH_DB", "payments_bench"))
     modes: list[str] = field(
-        default_factory=lambda: [m.strip() for m in env_str("BENCH_MODES", "full,sim").split(",")]
+        default_factory=lambda: [
+            m.strip() for m in env_str("BENCH_MODES", "full,sim,floor").split(",")
+        ]
     )
     profile_phase: str = field(default_factory=lambda: env_str("BENCH_PROFILE", ""))
     phases: set[str] = field(
@@ -796,9 +993,24 @@ class Config:
     )
     read_ids: int = 2000
 
-    def runs(self, phase: Phase) -> bool:
-        """Whether BENCH_PHASES selects this phase (every phase when it is empty)."""
-        return not self.phases or phase.name in self.phases
+    def runs(self, phase: Phase, mode: str = "") -> bool:
+        """Whether BENCH_PHASES selects this phase (every default phase when it is empty;
+        the wrk-paced full-stack "payments-rate" only when named)."""
+        name = phase.selector or phase.name
+        if not self.phases:
+            return f"{mode}-{name}" not in OPT_IN_PHASES
+        return name in self.phases
+
+
+MODE_NAMES = {
+    "full": "full stack (MockServer + Kafka)",
+    "sim": "simulator, Kafka off",
+    "floor": "bare asyncio floor (aiohttp, asyncpg, aiokafka; MockServer + Kafka)",
+}
+
+# Phases run only when BENCH_PHASES names them: the open-loop phase replaced the
+# wrk-paced ones in the default run (which has to stay within about 7 minutes).
+OPT_IN_PHASES = {"full-payments-rate", "sim-payments-rate"}
 
 
 class Bench:
@@ -832,8 +1044,9 @@ class Bench:
     def prepare(self) -> None:
         """Stack, database, migrations, merchant."""
         services = ["postgres"]
-        if "full" in self.config.modes:
+        if {"full", "floor"} & set(self.config.modes):
             services += ["zookeeper", "kafka", "mockserver"]
+            services += ["testagent"] if self.config.tracing else []
         self.stack.up(services)
         log(f"database {self.db.name}: drop, create, alembic upgrade head")
         self.db.recreate()
@@ -844,17 +1057,36 @@ class Bench:
         self.db.enable_statement_stats()
         create_merchant(base_env, self.merchant_id, self.api_key)
 
-    def start_server(self, mode: str) -> AppServer:
-        """The service in one mode: 'full' (MockServer + Kafka) or 'sim'."""
-        full = mode == "full"
+    def start_server(self, mode: str, *, traced: bool = False) -> AppServer:
+        """The service in one mode: 'full' (MockServer + Kafka) or 'sim'; with ``traced``,
+        ddtrace on, sending to the stack's test agent at the default sample rate."""
+        full = mode in {"full", "floor"}
         env = service_env(
             database_url=self.db.url,
             bank_url=self.ports.bank_url if full else None,
             kafka=self.ports.kafka_bootstrap if full else None,
             secrets_env=self.secrets,
         )
+        if traced:
+            env |= tracing_env(self.ports.testagent)
+        suffix = "-traced" if traced else ""
+        floor = None
+        if mode == "floor":
+            floor = [
+                "--workers",
+                str(self.config.workers),
+                "--database-url",
+                self.db.url.replace("postgresql+asyncpg://", "postgresql://"),
+                "--bank-url",
+                self.ports.bank_url,
+                "--kafka",
+                self.ports.kafka_bootstrap,
+            ]
         server = AppServer(
-            env=env, workers=self.config.workers, log_path=out_dir() / f"bench-app-{mode}.log"
+            env=env,
+            workers=self.config.workers,
+            log_path=out_dir() / f"bench-app-{mode}{suffix}.log",
+            floor=floor,
         )
         server.start()
         if self.config.warmup_s > 0:
@@ -870,9 +1102,10 @@ class Bench:
             time.sleep(settle_seconds(warmup))
         return server
 
-    def deps_cpu(self, mode: str) -> dict[str, float]:
+    def deps_cpu(self, mode: str, *, traced: bool = False) -> dict[str, float]:
         """CPU seconds so far of the dependencies this mode uses."""
-        names = ["postgres"] + (["mockserver", "kafka"] if mode == "full" else [])
+        names = ["postgres"] + (["mockserver", "kafka"] if mode in {"full", "floor"} else [])
+        names += ["testagent"] if traced else []
         return {name: tree_cpu_seconds(self.stack.service_pid(name)) for name in names}
 
     def captured_ids(self, path: Path) -> Path:
@@ -882,7 +1115,7 @@ class Bench:
         try:
             with conn.cursor() as cur:
                 cur.execute(
-                    "SELECT transaction_id FROM transactions"
+                    "/* bench */ SELECT transaction_id FROM transactions"
                     " WHERE merchant_id = %s AND status = 'captured'"
                     " ORDER BY created_at DESC LIMIT %s",
                     (self.merchant_id, self.config.read_ids),
@@ -896,79 +1129,154 @@ class Bench:
         return path
 
     def run_phase(
-        self, server: AppServer, mode: str, phase: Phase, ids_file: Path | None = None
+        self,
+        server: AppServer,
+        mode: str,
+        phase: Phase,
+        ids_file: Path | None = None,
+        *,
+        traced: bool = False,
     ) -> dict[str, Any]:
         """Run one phase and measure it."""
         config = self.config
         label = f"{mode}-{phase.name}"
-        log(
-            f"phase {label}: {phase.kind}, "
-            + (f"{phase.rate:g}/s" if phase.rate else f"{config.connections} connections")
-            + f", {config.duration_s:g} s"
-        )
+        duration_s = phase.duration_s or config.duration_s
+        if phase.open_loop:
+            load = f"{phase.rate:g}/s open loop"
+        elif phase.rate:
+            load = f"{phase.rate:g}/s"
+        else:
+            load = f"c={config.connections}"
+        log(f"phase {label}: {phase.kind}, {load}, {duration_s:g} s")
+        targets_path = None
+        if phase.open_loop:
+            # Written before the window: generating it is not the service's CPU.
+            targets_path = out_dir() / f"open-{label}.targets.jsonl"
+            ids = ids_file.read_text().split() if ids_file else []
+            lines = bench_openloop.target_lines(
+                kind=phase.kind,
+                base_url=server.base_url,
+                api_key=self.api_key,
+                merchant=self.merchant_id,
+                run_id=f"{self.run_id}-{label}",
+                count=int(phase.rate * duration_s) + 1,
+                ids=ids,
+                idempotency=config.idempotency,
+            )
+            targets_path.write_text("\n".join(lines) + "\n")
         profile = None
         if config.profile_phase == label and server.worker_pids():
             profile_path = out_dir() / f"profile-{label}.txt"
             profile = (
-                start_profile(server.worker_pids()[0], config.duration_s, profile_path),
+                start_profile(server.worker_pids()[0], duration_s, profile_path),
                 profile_path,
             )
+        rows0 = self.db.row_counts()
         stmts0 = self.db.statement_snapshot()
-        machine0, app0, deps0, gen0 = (
+        wal0 = self.db.wal_snapshot()
+        postmaster = self.stack.service_pid("postgres")
+        machine0, app0, deps0, gen0, pg0 = (
             MachineCpu.sample(),
             server.cpu_seconds(),
-            self.deps_cpu(mode),
+            self.deps_cpu(mode, traced=traced),
             children_cpu_seconds(),
+            pg_cpu_snapshot(postmaster, self.db.name),
         )
-        summary = run_wrk(
-            script=phase.script,
-            url=server.base_url,
-            connections=config.connections,
-            threads=config.threads,
-            duration_s=config.duration_s,
-            lua_env=self.lua_env(run=f"{self.run_id}-{label}", rate=phase.rate, ids_file=ids_file),
-        )
-        # Let the requests wrk abandoned at the end finish inside the window, so the CPU
-        # and statements they cost are counted with them (see UNIT_STATEMENTS).
-        settle_s = settle_seconds(summary)
+        if targets_path is not None:
+            results_path = out_dir() / f"open-{label}.bin"
+            attack = bench_openloop.attack(
+                targets=targets_path,
+                rate=phase.rate,
+                duration_s=duration_s,
+                results=results_path,
+                name=label,
+            )
+            if attack.returncode != 0:
+                raise RuntimeError(
+                    f"vegeta attack failed ({attack.returncode}):"
+                    f" {attack.stderr.decode(errors='replace')[-400:]}"
+                )
+            # vegeta waits for every answer or its timeout. A service that could not keep up
+            # still works through requests vegeta gave up on; its rows and CPU in the
+            # window are counted alike, and the next phase runs on a fresh service.
+            settle_s = 1.0 + server.wait_until_idle(max_s=5.0)
+        else:
+            summary = run_wrk(
+                script=phase.script,
+                url=server.base_url,
+                connections=config.connections,
+                threads=config.threads,
+                duration_s=duration_s,
+                lua_env=self.lua_env(
+                    run=f"{self.run_id}-{label}", rate=phase.rate, ids_file=ids_file
+                ),
+            )
+            # Let the requests wrk abandoned at the end finish inside the window, so the
+            # CPU and statements they cost are counted with them.
+            settle_s = settle_seconds(summary)
         time.sleep(settle_s)
-        machine1, app1, deps1, gen1 = (
+        machine1, app1, deps1, gen1, pg1 = (
             MachineCpu.sample(),
             server.cpu_seconds(),
-            self.deps_cpu(mode),
+            self.deps_cpu(mode, traced=traced),
             children_cpu_seconds(),
+            pg_cpu_snapshot(postmaster, self.db.name),
         )
+        wal1 = self.db.wal_snapshot()
         stmts1 = self.db.statement_snapshot()
+        rows1 = self.db.row_counts()
         memory = server.memory()
+        if targets_path is not None:
+            targets_path.unlink()
+            summary = bench_openloop.summarize(results_path, target_rate=phase.rate)
         requests = int(summary["requests"])
         duration = summary["duration_us"] / 1e6
         statuses = {k: int(v) for k, v in summary["statuses"].items()}
         ok = sum(v for k, v in statuses.items() if k.startswith("2"))
         socket_errors = sum(int(v) for v in summary["socket_errors"].values())
         latency = {k: round(v / 1000, 2) for k, v in summary["latency_us"].items()}
-        statements = statement_delta(stmts0, stmts1, requests, kind=phase.kind) if stmts1 else None
-        served = statements["requests_served"] if statements else requests
+        created = rows1.get(phase.kind, 0) - rows0.get(phase.kind, 0)
+        statements = (
+            statement_delta(stmts0, stmts1, requests, kind=phase.kind, served=created or None)
+            if stmts1
+            else None
+        )
+        served = statements["requests_served"] if statements else (created or requests)
         per_k = 1000 / max(served, 1)
+        wal = wal_delta(wal0, wal1, served)
+        if statements:
+            wal["statement_bytes_per_request"] = statements["wal_bytes_per_request"]
         result: dict[str, Any] = {
             "phase": label,
-            "mode": "full stack (MockServer + Kafka)" if mode == "full" else "simulator, Kafka off",
+            "mode": MODE_NAMES.get(mode, mode),
             "kind": phase.kind,
-            "load": f"{phase.rate:g}/s" if phase.rate else f"c={config.connections}",
+            "load": load,
+            "loop": "open" if phase.open_loop else "closed",
             "target_rate": phase.rate or None,
+            "tracing": traced,
             "pacing": summary["pacing"],
-            "connections": config.connections,
+            "connections": None if phase.open_loop else config.connections,
             "duration_s": round(duration, 2),
             "requests": requests,
-            "rps": round(requests / duration, 1) if duration else 0.0,
+            # Open loop: the 2xx answers per second (what the service sustained), not the
+            # rate vegeta sent at (open_loop.achieved_rate).
+            "rps": (
+                summary["open_loop"]["throughput"]
+                if phase.open_loop
+                else round(requests / duration, 1)
+                if duration
+                else 0.0
+            ),
             "latency_ms": latency,
             "statuses": statuses,
             "error_codes": summary.get("codes", {}),
-            "non_2xx": requests - ok,
+            "non_2xx": requests - ok - socket_errors if phase.open_loop else requests - ok,
             "socket_errors": summary["socket_errors"],
-            "errors": requests - ok + socket_errors,
+            "errors": requests - ok if phase.open_loop else requests - ok + socket_errors,
             "app_cpu_s": round(app1 - app0, 3),
             "app_cpu_ms_per_request": round((app1 - app0) * per_k, 3),
             "app_cpu_s_per_1000": round((app1 - app0) * per_k, 3),
+            "pg_cpu_ms_per_request": round(pg_cpu_delta(pg0, pg1) * per_k, 3),
             "deps_cpu_ms_per_request": {
                 name: round((deps1[name] - deps0[name]) * per_k, 3) for name in deps1
             },
@@ -980,9 +1288,13 @@ class Bench:
             ),
             "requests_served": served,
             "statements": statements,
+            "wal": wal,
         }
-        # What the machine was busy with besides the service, its dependencies and wrk:
-        # other people's work on a shared machine (noise).
+        if phase.open_loop:
+            result["open_loop"] = summary["open_loop"]
+            result["timeline"] = summary["timeline"]
+        # What the machine was busy with besides the service, its dependencies and the
+        # load generator: other people's work on a shared machine (noise).
         seconds = (duration + settle_s) or 1
         accounted = (
             (app1 - app0) + sum(deps1[n] - deps0[n] for n in deps1) + (gen1 - gen0)
@@ -990,40 +1302,95 @@ class Bench:
         result["other_busy_cores"] = round(max(0.0, result["machine_busy_cores"] - accounted), 2)
         if profile is not None:
             process, profile_path = profile
-            _, err = process.communicate(timeout=config.duration_s + 60)
+            _, err = process.communicate(timeout=duration_s + 60)
             if process.returncode == 0 and profile_path.exists():
                 result["profile"] = summarize_profile(profile_path) | {"raw": str(profile_path)}
             else:
                 log(f"py-spy failed ({process.returncode}): {err.decode(errors='replace')[-400:]}")
+        extra = ""
+        if phase.open_loop:
+            extra = f" (sent at {summary['open_loop']['achieved_rate']}/s)"
         log(
-            f"  {result['rps']} req/s, p50 {latency['p50']} ms, p99 {latency['p99']} ms,"
-            f" errors {result['errors']}, app CPU {result['app_cpu_ms_per_request']} ms/req"
+            f"  {result['rps']} req/s{extra}, p50 {latency['p50']} ms, p99 {latency['p99']} ms,"
+            f" errors {result['errors']}, app CPU {result['app_cpu_ms_per_request']} ms/req,"
+            f" PG CPU {result['pg_cpu_ms_per_request']} ms/req"
         )
         return result
 
     def run_mode(self, mode: str) -> None:
-        """Start the service in one mode and run that mode's phases."""
+        """Start the service in one mode and run that mode's phases.
+
+        Open-loop phases each get a service of their own, started after the others: at a
+        rate above what the service sustains, it is still working through the requests
+        vegeta gave up on long after the phase, and the next phase would measure that.
+        """
         config = self.config
-        server = self.start_server(mode)
-        try:
-            rate = config.rate_full if mode == "full" else config.rate_sim
-            for phase in (
-                Phase("payments-concurrency", "payments.lua"),
-                Phase("payments-rate", "payments.lua", rate),
-            ):
-                if config.runs(phase):
+        if mode == "floor":
+            # The same wrk phase against scripts/bench_floor.py.
+            with self.serving(mode) as server:
+                phase = Phase("payments-concurrency", "payments.lua")
+                self.results.append(self.run_phase(server, mode, phase))
+            return
+        full = mode == "full"
+        closed = [Phase("payments-concurrency", "payments.lua")]
+        closed.append(
+            Phase("payments-rate", "payments.lua", config.rate_full if full else config.rate_sim)
+        )
+        if full:
+            closed += [
+                Phase(
+                    f"payments-round-{n}",
+                    "payments.lua",
+                    duration_s=config.round_duration_s,
+                    selector="rounds",
+                )
+                for n in range(1, config.rounds + 1)
+            ]
+        on_ids = [Phase("listing", "listing.lua")]
+        if full:
+            on_ids[:0] = [Phase("reads", "reads.lua"), Phase("refunds", "refunds.lua")]
+        open_loop = [
+            Phase("payments-open", "payments.lua", config.open_rate, True),
+            Phase("reads-open", "reads.lua", config.open_reads_rate, True),
+        ]
+        open_loop = [phase for phase in open_loop if full and config.runs(phase, mode)]
+        untraced = Phase("payments-untraced", "payments.lua", selector="tracing")
+        tracing = full and config.tracing and config.runs(untraced, mode)
+        ids: Path | None = None
+        with self.serving(mode) as server:
+            for phase in closed:
+                if config.runs(phase, mode):
                     self.results.append(self.run_phase(server, mode, phase))
-            on_ids = [Phase("listing", "listing.lua")]
-            if mode == "full":
-                on_ids[:0] = [Phase("reads", "reads.lua"), Phase("refunds", "refunds.lua")]
-            on_ids = [phase for phase in on_ids if config.runs(phase)]
-            if on_ids:
+            on_ids = [phase for phase in on_ids if config.runs(phase, mode)]
+            if on_ids or any(phase.kind == "reads" for phase in open_loop):
                 ids = self.captured_ids(out_dir() / "bench-ids.txt")
-                for phase in on_ids:
-                    self.results.append(self.run_phase(server, mode, phase, ids))
+            for phase in on_ids:
+                self.results.append(self.run_phase(server, mode, phase, ids))
+            if tracing:
+                # The traced service starts (and warms up) while this one idles, so the
+                # traced phase runs right after the untraced one.
+                with self.serving(mode, traced=True) as traced_server:
+                    self.results.append(self.run_phase(server, mode, untraced))
+                    traced = Phase("payments-traced", "payments.lua")
+                    self.results.append(self.run_phase(traced_server, mode, traced, traced=True))
+        for phase in open_loop:
+            # After an overloaded phase the backlog is of no use: no graceful drain.
+            with self.serving(mode, grace_s=5.0) as server:
+                phase_ids = ids if phase.kind == "reads" else None
+                self.results.append(self.run_phase(server, mode, phase, phase_ids))
+
+    @contextlib.contextmanager
+    def serving(
+        self, mode: str, *, traced: bool = False, grace_s: float = 30.0
+    ) -> Iterator[AppServer]:
+        """A warmed-up service for a few phases, stopped afterwards whatever happens
+        (SIGKILLed after ``grace_s``)."""
+        server = self.start_server(mode, traced=traced)
+        try:
+            yield server
         finally:
-            code = server.stop()
-            log(f"service ({mode}) stopped, exit status {code}")
+            code = server.stop(grace_s=grace_s)
+            log(f"service ({mode}{', traced' if traced else ''}) stopped, exit status {code}")
 
     def report(self, started: float) -> dict[str, Any]:
         """Write results.json and print the table."""
@@ -1040,27 +1407,34 @@ class Bench:
                 "warmup_s": self.config.warmup_s,
                 "rate_full": self.config.rate_full,
                 "rate_sim": self.config.rate_sim,
+                "open_rate": self.config.open_rate,
+                "open_reads_rate": self.config.open_reads_rate,
+                "rounds": self.config.rounds,
+                "round_duration_s": self.config.round_duration_s,
+                "tracing_pair": self.config.tracing,
                 "idempotency_keys": self.config.idempotency,
                 "database": self.db.name,
                 "phases": sorted(self.config.phases) or ["all"],
                 "app_env": "production",
                 "log_level": "WARNING",
             },
-            "targets": targets(self.results),
+            "targets": bench_report.targets(self.results, workers=self.config.workers),
+            "stability": bench_report.stability(self.results),
+            "tracing_cost": bench_report.tracing_cost(self.results),
             "phases": self.results,
         }
         path = out_dir() / "results.json"
         path.write_text(json.dumps(document, indent=2) + "\n")
+        report_path = bench_report.write_report(path)
         print(render_table(self.results))
         print()
-        for target in document["targets"]:
-            print(f"  {target['target']}: {target['reached']}")
+        print(bench_report.render_targets(document["targets"]))
         loop = document["machine"]["python_loop_ms"]
         print(
             f"\n  core speed (a fixed Python loop, lower is faster): {loop['start']} ms at the"
             f" start, {loop['end']} ms at the end"
         )
-        print(f"\nresults: {path}")
+        print(f"\nresults: {path}\nreport:  {report_path}")
         return document
 
 
@@ -1111,58 +1485,27 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def targets(results: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """The issue's targets next to what this run reached (reported, not asserted)."""
-    by = {r["phase"]: r for r in results}
-    out = []
-    sim = by.get("sim-payments-concurrency")
-    if sim:
-        out.append(
-            {"target": ">= 300 payments/s, simulator, Kafka off", "reached": f"{sim['rps']}/s"}
-        )
-    full_rate = by.get("full-payments-rate")
-    if full_rate:
-        out.append(
-            {
-                "target": "p99 < 100 ms at 150 payments/s, MockServer + Kafka",
-                "reached": f"p99 {full_rate['latency_ms']['p99']} ms at {full_rate['rps']}/s",
-            }
-        )
-    payments = [r for r in results if r["kind"] == "payments"]
-    if payments:
-        worst = max(payments, key=lambda r: r["app_cpu_ms_per_request"])
-        best = min(payments, key=lambda r: r["app_cpu_ms_per_request"])
-        out.append(
-            {
-                "target": "<= 3 ms service CPU per payment",
-                "reached": f"{best['app_cpu_ms_per_request']}-{worst['app_cpu_ms_per_request']} ms",
-            }
-        )
-    if results:
-        peak = max(r["peak_rss_mb_per_worker"] for r in results)
-        out.append({"target": "<= 200 MB RSS per worker", "reached": f"peak {peak} MB"})
-    return out
-
-
 def render_table(results: list[dict[str, Any]]) -> str:
-    """The short stdout table."""
-    header = (
-        f"{'phase':<30} {'load':>7} {'req/s':>7} {'p50':>7} {'p95':>7} {'p99':>7} "
-        f"{'errors':>6} {'cpu ms':>7} {'sql/req':>7} {'rss MB':>7} {'other':>5}"
-    )
-    lines = [header, "-" * len(header)]
-    for r in results:
-        lat = r["latency_ms"]
-        stmts = r["statements"]["per_request"] if r.get("statements") else "-"
-        lines.append(
-            f"{r['phase']:<30} {r['load']:>7} {r['rps']:>7} {lat['p50']:>7} {lat['p95']:>7} "
-            f"{lat['p99']:>7} {r['errors']:>6} {r['app_cpu_ms_per_request']:>7} {stmts:>7} "
-            f"{r['peak_rss_mb_per_worker']:>7} {r['other_busy_cores']:>5}"
-        )
+    """The stdout table of every phase (the columns of the HTML report, and "other")."""
+    short = ("phase", "load", "req/s", "p50", "p99", "errors", "cpu ms", "pg ms", "WAL B")
+    short += ("st WAL", "ckpt", "sql snt", "sql exe", "rss MB", "other")
+    widths = (30, 16, 7, 8, 8, 6, 7, 7, 7, 7, 4, 7, 7, 7, 5)
+
+    def line(cells: list[Any]) -> str:
+        rest = (f"{c!s:>{w}}" for c, w in zip(cells[1:], widths[1:], strict=True))
+        return " ".join([f"{cells[0]!s:<{widths[0]}}", *rest])
+
+    lines = [line(list(short)), "-" * (sum(widths) + len(widths) - 1)]
+    lines += [line([*bench_report.phase_row(r), r["other_busy_cores"]]) for r in results]
     lines.append(
-        "latency in ms; cpu ms = service CPU (supervisor + workers) per request;"
-        " sql/req = statements per request (pg_stat_statements);"
-        " rss = peak VmHWM of the largest worker; other = busy cores not ours (noise)"
+        "latency in ms (open loop: from the scheduled send, queueing included); cpu ms ="
+        " service CPU (supervisor + workers) per request; pg ms = PostgreSQL CPU per request"
+        " (the bench database's backends + background processes); WAL B = WAL bytes per"
+        " request (whole cluster: other databases' writes too), st WAL = WAL the bench"
+        " database's statements wrote per request; ckpt = checkpoints during the phase;"
+        " sql snt / exe = statements sent by the service /"
+        " executed by PostgreSQL (with FK checks) per request; rss = peak VmHWM of the"
+        " largest worker; other = busy cores not ours (noise)"
     )
     return "\n".join(lines)
 

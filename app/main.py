@@ -21,6 +21,7 @@ from app.adapters.db.engine import (
     ping,
 )
 from app.adapters.db.notifications import CacheInvalidationListener
+from app.adapters.db.payment_views import PaymentViewCache
 from app.adapters.db.queries import SqlPaymentQueries
 from app.adapters.db.unit_of_work import SqlUnitOfWork
 from app.adapters.messaging import KafkaMessaging, build_messaging
@@ -48,6 +49,8 @@ from app.services.ports import (
     Metrics,
     NoMetrics,
     OutboxOnlyPublisher,
+    PaymentViews,
+    UncachedPaymentViews,
     UnitOfWork,
 )
 from app.services.reconciliation import reconcile_once
@@ -81,6 +84,7 @@ def build_services(
     bank: BankGateway,
     metrics: Metrics | None = None,
     publisher: EventPublisher | None = None,
+    payment_views: PaymentViews | None = None,
 ) -> ServiceContext:
     """The use cases' ports over one pooled engine (for the app, the CLI and tests)."""
     session_factory = build_session_factory(engine)
@@ -102,6 +106,7 @@ def build_services(
             outbox_retention=timedelta(seconds=settings.outbox_retention_s),
             batch_size=settings.purge_batch_size,
         ),
+        payment_views=UncachedPaymentViews() if payment_views is None else payment_views,
     )
 
 
@@ -149,6 +154,7 @@ class Wiring:
     kafka: KafkaMessaging | None
     metrics: PaymentMetrics
     tasks: list[PeriodicTask]
+    payment_views: PaymentViewCache | None = None
 
 
 def build_wiring(settings: Settings) -> Wiring:
@@ -164,7 +170,19 @@ def build_wiring(settings: Settings) -> Wiring:
     publisher: EventPublisher = OutboxOnlyPublisher()
     if isinstance(messaging, KafkaMessaging):
         kafka, publisher = messaging, messaging.publisher
-    services = build_services(settings, engine, bank=bank, metrics=metrics, publisher=publisher)
+    payment_views = None
+    if settings.payment_view_cache_size > 0:
+        payment_views = PaymentViewCache(
+            size=settings.payment_view_cache_size, ttl_s=settings.payment_view_cache_ttl_s
+        )
+    services = build_services(
+        settings,
+        engine,
+        bank=bank,
+        metrics=metrics,
+        publisher=publisher,
+        payment_views=payment_views,
+    )
     fingerprint_key = settings.card_fingerprint_key.get_secret_value().encode()
     runtime = Runtime(
         settings=settings,
@@ -183,6 +201,7 @@ def build_wiring(settings: Settings) -> Wiring:
         kafka=kafka,
         metrics=metrics,
         tasks=background_tasks(settings, services),
+        payment_views=payment_views,
     )
 
 
@@ -210,8 +229,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         log_tracing_state(settings)
         listener = CacheInvalidationListener(
-            settings.session_database_url, runtime.authenticator.invalidate_all
+            settings.session_database_url,
+            runtime.authenticator.invalidate_all,
+            payment_views=wiring.payment_views,
+            sync_timeout_s=settings.payment_view_sync_timeout_s,
         )
+        if wiring.payment_views is not None:
+            wiring.payment_views.listen_through(listener)
         listener.start()
         app.state.runtime = runtime
         if wiring.kafka is not None:

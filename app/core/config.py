@@ -165,6 +165,13 @@ class Settings(DatabaseSettings):
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=24 * 3600)
     idempotency_lock_timeout_s: int = Field(default=60, ge=1)
     cache_ttl_s: float = Field(default=30.0, ge=0)
+    # GET /api/v1/payments/{id} answers from a per-worker cache of rendered payments,
+    # evicted over LISTEN/NOTIFY and confirmed by a barrier on every hit (docs/adr/0012):
+    # at most this many views (0 disables it), each kept at most this long; a hit waits at
+    # most the sync timeout for the barrier, then reads the database.
+    payment_view_cache_size: int = Field(default=10_000, ge=0)
+    payment_view_cache_ttl_s: float = Field(default=60.0, gt=0)
+    payment_view_sync_timeout_s: float = Field(default=1.0, gt=0)
     # /health's bank and Kafka probes are shared for this long: an unauthenticated caller
     # cannot make the service hammer the bank through it.
     health_probe_cache_s: float = Field(default=5.0, ge=0)

@@ -16,6 +16,8 @@ from app.services.ports import (
     NoMetrics,
     OutboxOnlyPublisher,
     PaymentQueries,
+    PaymentViews,
+    UncachedPaymentViews,
     UnitOfWork,
 )
 
@@ -84,3 +86,4 @@ class ServiceContext:
     metrics: Metrics = field(default_factory=NoMetrics)
     reconcile: ReconcilePolicy = field(default_factory=ReconcilePolicy)
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    payment_views: PaymentViews = field(default_factory=UncachedPaymentViews)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from app.core.jsoncodec import dump_json
 from app.domain.audit import AuditEntry, AuditOutcome, merchant_actor
 from app.domain.cards import DECLINE_MESSAGES, card_brand, is_expired, last4
 from app.domain.errors import (
@@ -495,14 +496,21 @@ async def current_answer(
     return Answer(payment_response(payment), status=status)
 
 
-async def get_payment(
-    ctx: ServiceContext, *, merchant: Merchant, transaction_id: str
-) -> dict[str, Any]:
-    """The merchant's payment with its refunds; another merchant's is not found."""
+async def get_payment(ctx: ServiceContext, *, merchant: Merchant, transaction_id: str) -> bytes:
+    """The merchant's payment with its refunds, as the JSON body of the answer; another
+    merchant's is not found. From the payment view cache when it is known to be current."""
     merchant.ensure_active()
     if not is_transaction_id(transaction_id):
         raise PaymentNotFound  # a malformed id is just an unknown one, answered without a query
-    payment = await ctx.queries.payment(transaction_id, merchant_id=merchant.merchant_id)
-    if payment is None:
+    merchant_id = merchant.merchant_id
+
+    async def load() -> bytes | None:
+        payment = await ctx.queries.payment(transaction_id, merchant_id=merchant_id)
+        if payment is None:
+            return None
+        return dump_json(payment_response(payment, with_refunds=True)).encode()
+
+    body = await ctx.payment_views.view(transaction_id, merchant_id=merchant_id, load=load)
+    if body is None:
         raise PaymentNotFound
-    return payment_response(payment, with_refunds=True)
+    return body

@@ -319,7 +319,7 @@ async def read(
 ) -> Response:
     """A payment with its refunds, oldest first."""
     body = await get_payment(runtime.services, merchant=merchant, transaction_id=transaction_id)
-    return _json(200, body)
+    return Response(body, media_type="application/json")
 
 
 @router.post(

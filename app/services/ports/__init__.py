@@ -49,6 +49,7 @@ from app.services.ports.storage import (
     UnsettledBacklog,
 )
 from app.services.ports.vault import CardVault
+from app.services.ports.views import PaymentViews, UncachedPaymentViews, ViewLoader
 
 Clock = Callable[[], datetime]
 """The current time, timezone-aware in UTC."""
@@ -84,10 +85,13 @@ __all__ = [
     "PaymentPage",
     "PaymentQueries",
     "PaymentRepository",
+    "PaymentViews",
     "RefundRepository",
     "RefundResult",
     "StoredAnswer",
+    "UncachedPaymentViews",
     "UnitOfWork",
     "Unsettled",
     "UnsettledBacklog",
+    "ViewLoader",
 ]

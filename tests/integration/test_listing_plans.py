@@ -7,7 +7,7 @@ EXPLAINed: it must read ``transactions`` through the index built for its filter,
 never sequentially for any merchant.
 
 Two choices of the planner are left to it, both good: for the big merchant, a created
-range may be read by walking ``ix_transactions_created_at`` and skipping other
+range may be read through the BRIN index on ``created_at`` (or a merchant index), skipping other
 merchants' rows (a fourth of them match); for a small merchant, a metadata filter may be
 checked on its hundred-odd rows read through a merchant index. So the created ranges are
 asked of a small merchant, and metadata of the big one, where the GIN index matters.

@@ -1,4 +1,9 @@
-"""Request-scoped dependencies (``Annotated`` aliases) and the app's wired runtime."""
+"""Request-scoped dependencies (``Annotated`` aliases) and the app's wired runtime.
+
+FastAPI resolves every dependency of a route on every request, and each one costs a
+recursive solve: the payment routes take one (the merchant, which is also the documented
+security scheme) and read the runtime and the correlation id with plain calls.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,8 @@ from typing import Annotated, Any
 
 from asgi_correlation_id.context import correlation_id
 from fastapi import Depends, Header, Request, Security
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
+from fastapi.security.base import SecurityBase
 
 from app.api.access_log import MERCHANT_STATE_KEY
 from app.core.config import Settings
@@ -59,13 +65,23 @@ def drain_on_sigterm(runtime: Runtime) -> None:
         logging.getLogger(__name__).debug("SIGTERM handler left as it is (not the main thread)")
 
 
-async def get_runtime(request: Request) -> Runtime:
-    """The worker's runtime."""
+def runtime_of(request: Request) -> Runtime:
+    """The worker's runtime (a plain call, not a dependency)."""
     runtime: Runtime = request.app.state.runtime
     return runtime
 
 
+async def get_runtime(request: Request) -> Runtime:
+    """The worker's runtime."""
+    return runtime_of(request)
+
+
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def request_correlation_id() -> str | None:
+    """This request's correlation id (a plain call, not a dependency)."""
+    return correlation_id.get()
 
 
 async def current_correlation_id() -> str | None:
@@ -76,32 +92,30 @@ async def current_correlation_id() -> str | None:
 CorrelationIdDep = Annotated[str | None, Depends(current_correlation_id)]
 
 
-bearer_scheme = HTTPBearer(
-    auto_error=False,
+class BearerMerchant(SecurityBase):
+    """The merchant behind ``Authorization: Bearer <api_key>`` (401 otherwise), noted for
+    the access log: one dependency, documented in OpenAPI as an HTTP bearer scheme."""
+
+    def __init__(self, *, scheme_name: str, description: str) -> None:
+        self.model = HTTPBearerModel(description=description)
+        self.scheme_name = scheme_name
+
+    async def __call__(self, request: Request) -> Merchant:
+        merchant = await runtime_of(request).authenticator.authenticate(
+            request.headers.get("authorization"),
+            correlation_id=correlation_id.get(),
+            source=request.client.host if request.client else "unknown",
+        )
+        setattr(request.state, MERCHANT_STATE_KEY, merchant.merchant_id)
+        return merchant
+
+
+current_merchant = BearerMerchant(
     scheme_name="ApiKey",
     description="`Authorization: Bearer <api_key>`; keys come from `payments-admin`.",
 )
 
-
-async def current_merchant(
-    request: Request,
-    runtime: RuntimeDep,
-    _documented: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
-    authorization: Annotated[
-        str | None, Header(description="`Bearer <api_key>`", include_in_schema=False)
-    ] = None,
-) -> Merchant:
-    """The merchant behind the bearer key (401 otherwise), noted for the access log."""
-    merchant = await runtime.authenticator.authenticate(
-        authorization,
-        correlation_id=correlation_id.get(),
-        source=request.client.host if request.client else "unknown",
-    )
-    setattr(request.state, MERCHANT_STATE_KEY, merchant.merchant_id)
-    return merchant
-
-
-MerchantDep = Annotated[Merchant, Depends(current_merchant)]
+MerchantDep = Annotated[Merchant, Security(current_merchant)]
 
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$"
 

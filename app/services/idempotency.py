@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from app.core.jsoncodec import dump_json
@@ -39,11 +39,22 @@ ACCEPTED: Final = 202
 
 @dataclass(frozen=True, slots=True)
 class IdempotencyKey:
-    """A client's Idempotency-Key and the fingerprints of the request that carried it."""
+    """A client's Idempotency-Key and the fingerprints of the request that carried it.
+
+    The legacy fingerprint is given as it is, or as ``legacy``, computed only when a key
+    stored before ``v2`` is compared (never, for a fresh key).
+    """
 
     key: str
     fingerprint: str
     legacy_fingerprint: str | None = None
+    legacy: Callable[[], str] | None = field(default=None, compare=False, repr=False)
+
+    def legacy_digest(self) -> str | None:
+        """The fingerprint a key stored before ``v2`` was given, if it can be known."""
+        if self.legacy_fingerprint is None and self.legacy is not None:
+            return self.legacy()
+        return self.legacy_fingerprint
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +190,7 @@ def _same_request(record: IdempotencyRecord, idempotency: IdempotencyKey) -> boo
     stored = record.request_fingerprint
     if stored.startswith(FINGERPRINT_VERSION):
         return hmac.compare_digest(stored, idempotency.fingerprint)
-    legacy = idempotency.legacy_fingerprint
+    legacy = idempotency.legacy_digest()
     return legacy is not None and hmac.compare_digest(stored, legacy)
 
 

@@ -1,18 +1,21 @@
 """The write batch: a unit of work's new rows and keyed updates go out as ONE statement.
 
 On the real PostgreSQL: the statements the engine sends are counted with SQLAlchemy's
-``before_cursor_execute`` event, and everything is read back from other connections.
+``before_cursor_execute`` event and, for those a unit sends straight to the pooled asyncpg
+connection, at asyncpg's query methods; everything is read back from other connections.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from unittest import mock
 
+import asyncpg
 import pytest
 from sqlalchemy import event, select, text
 from sqlalchemy.exc import IntegrityError
@@ -55,14 +58,36 @@ def recorded_statements(engine: AsyncEngine) -> Iterator[list[Executed]]:
         # asyncpg's own view of the connection: is a transaction (BEGIN) open?
         executed[-1].in_transaction_after = executed[-1].driver.is_in_transaction()
 
+    def on_driver(method: Any) -> Any:
+        async def recorded(driver: asyncpg.Connection, query: str, *args: Any, **kw: Any) -> Any:
+            if query.split(None, 1)[0].upper().rstrip(";") in TRANSACTION_CONTROL:
+                return await method(driver, query, *args, **kw)
+            executed.append(Executed(query, driver))
+            try:
+                return await method(driver, query, *args, **kw)
+            finally:
+                executed[-1].in_transaction_after = driver.is_in_transaction()
+
+        return recorded
+
     sync_engine = engine.sync_engine
     event.listen(sync_engine, "before_cursor_execute", before)
     event.listen(sync_engine, "after_cursor_execute", after)
     try:
-        yield executed
+        with ExitStack() as patches:
+            for name in ("execute", "fetch", "fetchrow", "fetchval"):
+                method = getattr(asyncpg.Connection, name)
+                patches.enter_context(
+                    mock.patch.object(asyncpg.Connection, name, on_driver(method))
+                )
+            yield executed
     finally:
         event.remove(sync_engine, "before_cursor_execute", before)
         event.remove(sync_engine, "after_cursor_execute", after)
+
+
+TRANSACTION_CONTROL = frozenset({"BEGIN", "COMMIT", "ROLLBACK"})
+"""What asyncpg sends for SQLAlchemy's transactions: not statements of the unit."""
 
 
 async def seed_merchant_and_claim(uow_factory: UowFactory, *, resource_id: str) -> None:

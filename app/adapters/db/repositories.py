@@ -8,7 +8,7 @@ and sent with it; reads and locks run in the unit's transaction.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -137,12 +137,25 @@ def payment_from_joined_rows(rows: Sequence[Any]) -> Payment | None:
     return payment_from_row(rows[0], refunds)
 
 
-class MerchantRepository:
-    """Merchants and their accepted currencies."""
+SessionSource = Callable[[], AsyncSession]
+"""The unit of work's session, opened on first use."""
 
-    def __init__(self, session: AsyncSession, batch: WriteBatch) -> None:
-        self._session = session
+
+class _Repository:
+    """What every repository shares: the unit's staged writes, and its session -- opened
+    only when a read or a lock needs it (a unit that only stages writes never opens one)."""
+
+    def __init__(self, session: SessionSource, batch: WriteBatch) -> None:
+        self._open_session = session
         self._batch = batch
+
+    @property
+    def _session(self) -> AsyncSession:
+        return self._open_session()
+
+
+class MerchantRepository(_Repository):
+    """Merchants and their accepted currencies."""
 
     def add(self, merchant: Merchant) -> None:
         """Stage a new merchant."""
@@ -192,12 +205,8 @@ class MerchantRepository:
         await self._session.execute(select(func.pg_notify(CACHE_CHANNEL, merchant_id)))
 
 
-class ApiKeyRepository:
+class ApiKeyRepository(_Repository):
     """Bearer keys, looked up by their digest only."""
-
-    def __init__(self, session: AsyncSession, batch: WriteBatch) -> None:
-        self._session = session
-        self._batch = batch
 
     def add(self, api_key: ApiKey) -> None:
         """Stage a new key digest."""
@@ -250,12 +259,8 @@ class ApiKeyRepository:
         self._batch.update(API_KEYS, where={"id": api_key.id}, values={"revoked_at": at})
 
 
-class PaymentRepository:
+class PaymentRepository(_Repository):
     """Payments with their refunds, scoped to the merchant that owns them."""
-
-    def __init__(self, session: AsyncSession, batch: WriteBatch) -> None:
-        self._session = session
-        self._batch = batch
 
     def add(self, payment: Payment, *, reconcile_at: datetime | None = None) -> None:
         """Stage a new payment (inserted with the unit's write batch)."""
@@ -352,12 +357,8 @@ class PaymentRepository:
         self._batch.update(PAYMENTS, where=where, values={"next_reconcile_at": at})
 
 
-class RefundRepository:
+class RefundRepository(_Repository):
     """Refunds against payments."""
-
-    def __init__(self, session: AsyncSession, batch: WriteBatch) -> None:
-        self._session = session
-        self._batch = batch
 
     def add(self, refund: Refund, *, reconcile_at: datetime | None = None) -> None:
         """Stage a new refund."""
@@ -497,12 +498,8 @@ CLAIM_IDEMPOTENCY_KEY = register_guard(
 """The claim, as the guard of the statement that records what it protects."""
 
 
-class IdempotencyRepository:
+class IdempotencyRepository(_Repository):
     """Idempotency keys: a claim written with the attempt it protects, then the answer."""
-
-    def __init__(self, session: AsyncSession, batch: WriteBatch) -> None:
-        self._session = session
-        self._batch = batch
 
     def claim(
         self,
@@ -627,12 +624,8 @@ _MARK_PUBLISHED = (
 )
 
 
-class OutboxRepository:
+class OutboxRepository(_Repository):
     """Events waiting to be published, written in the same transaction as their change."""
-
-    def __init__(self, session: AsyncSession, batch: WriteBatch) -> None:
-        self._session = session
-        self._batch = batch
 
     def add(self, message: OutboxMessage, *, lease: Lease | None = None) -> None:
         """Stage an event with the change it describes; with ``lease``, already claimed.
@@ -791,13 +784,9 @@ _COUNT_REFUSAL = _refusal_insert.on_conflict_do_update(
 )
 
 
-class AuditLogRepository:
+class AuditLogRepository(_Repository):
     """The append-only audit trail; there is deliberately no update or delete here (the
     refusal counts in ``auth_refusals`` only ever grow)."""
-
-    def __init__(self, session: AsyncSession, batch: WriteBatch) -> None:
-        self._session = session
-        self._batch = batch
 
     def append(self, entry: AuditEntry) -> None:
         """Stage an audit row, written atomically with the rest of the unit of work."""

@@ -10,7 +10,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.models import Example
 from starlette.responses import Response
 
-from app.api.deps import CorrelationIdDep, IdempotencyKeyHeader, MerchantDep, Runtime, RuntimeDep
+from app.api.deps import (
+    IdempotencyKeyHeader,
+    MerchantDep,
+    Runtime,
+    RuntimeDep,
+    request_correlation_id,
+    runtime_of,
+)
 from app.api.exact_json import ExactJsonRoute
 from app.api.openapi import idempotent_answer, payment_links, problem_responses
 from app.api.schemas import (
@@ -203,7 +210,8 @@ async def _idempotency(
             body=body,
             card_fingerprint=runtime.services.vault.fingerprint,
         ),
-        legacy_fingerprint=legacy_request_fingerprint(
+        # Only a key stored before v2 needs it: computed if a stored key is compared.
+        legacy=lambda: legacy_request_fingerprint(
             secret=secret, method=method, path=path, body=body
         ),
     )
@@ -222,14 +230,13 @@ async def _idempotency(
 async def process(
     body: Annotated[PaymentRequest, Body(openapi_examples=PAYMENT_REQUEST_EXAMPLES)],
     request: Request,
-    runtime: RuntimeDep,
     merchant: MerchantDep,
-    correlation_id: CorrelationIdDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Authorize a card payment and, unless `capture_method` is `manual`, capture it.
     Declines answer 200 with `status: declined`; an unknown bank answer is a 202 with
     `status: processing`."""
+    runtime = runtime_of(request)
     card = body.card_data
     answer = await process_payment(
         runtime.services,
@@ -246,7 +253,7 @@ async def process(
         ),
         description=body.description,
         metadata=body.metadata,
-        correlation_id=correlation_id,
+        correlation_id=request_correlation_id(),
         idempotency=await _idempotency(runtime, request, idempotency_key),
         capture_method=body.capture_method,
     )
@@ -334,14 +341,13 @@ async def read(
 )
 async def refund(
     request: Request,
-    runtime: RuntimeDep,
     merchant: MerchantDep,
-    correlation_id: CorrelationIdDep,
     body: RefundRequest | None = None,
     transaction_id: str = TransactionIdPath,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Refund part (`amount`) or all (no `amount`) of what remains of a captured payment."""
+    runtime = runtime_of(request)
     body = body or RefundRequest()
     answer = await refund_payment(
         runtime.services,
@@ -350,7 +356,7 @@ async def refund(
         amount=body.amount_decimal,
         reason=body.reason,
         metadata=body.metadata,
-        correlation_id=correlation_id,
+        correlation_id=request_correlation_id(),
         idempotency=await _idempotency(runtime, request, idempotency_key),
     )
     return _respond(answer)
@@ -372,9 +378,7 @@ async def refund(
 )
 async def capture(
     request: Request,
-    runtime: RuntimeDep,
     merchant: MerchantDep,
-    correlation_id: CorrelationIdDep,
     body: CaptureRequest | None = None,
     transaction_id: str = TransactionIdPath,
     idempotency_key: IdempotencyKeyHeader = None,
@@ -382,13 +386,14 @@ async def capture(
     """Capture an `authorized` payment (`capture_method: manual`): all of it (no
     `amount`) or part, once; the rest of the authorization is released. Answers the
     payment `captured`, or still `authorized` when the bank refused the capture."""
+    runtime = runtime_of(request)
     body = body or CaptureRequest()
     answer = await capture_payment(
         runtime.services,
         merchant=merchant,
         transaction_id=transaction_id,
         amount=body.amount_decimal,
-        correlation_id=correlation_id,
+        correlation_id=request_correlation_id(),
         idempotency=await _idempotency(runtime, request, idempotency_key),
     )
     return _respond(answer)
@@ -408,19 +413,18 @@ async def capture(
 )
 async def void(
     request: Request,
-    runtime: RuntimeDep,
     merchant: MerchantDep,
-    correlation_id: CorrelationIdDep,
     transaction_id: str = TransactionIdPath,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Release an `authorized` payment without capturing it. Answers the payment
     `voided`, or still `authorized` when the bank refused the void."""
+    runtime = runtime_of(request)
     answer = await void_payment(
         runtime.services,
         merchant=merchant,
         transaction_id=transaction_id,
-        correlation_id=correlation_id,
+        correlation_id=request_correlation_id(),
         idempotency=await _idempotency(runtime, request, idempotency_key),
     )
     return _respond(answer)

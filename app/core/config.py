@@ -74,8 +74,11 @@ class Settings(DatabaseSettings):
     log_level: str = "INFO"
 
     # The pool (DATABASE_URL and DATABASE_DIRECT_URL: DatabaseSettings).
-    db_pool_size: int = Field(default=10, ge=1, le=200)
-    db_max_overflow: int = Field(default=10, ge=0, le=200)
+    # 20 kept and no overflow: the same 20 connections at most as 10 + 10, but none opened
+    # and closed again under a fluctuating load (a new session cost PostgreSQL ~19 ms of
+    # CPU, which made the "stalls" of docs/performance.md).
+    db_pool_size: int = Field(default=20, ge=1, le=200)
+    db_max_overflow: int = Field(default=0, ge=0, le=200)
     db_pool_timeout_s: float = Field(default=5.0, gt=0)
     db_pool_recycle_s: int = Field(default=1800, ge=30)
     db_command_timeout_s: float = Field(default=10.0, gt=0)

@@ -46,15 +46,12 @@ BENCH_OUT=.bench
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
 import re
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -63,13 +60,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
+import bench
 import psycopg2
-from psycopg2 import sql
+from bench import (
+    LUA_DIR,
+    REPO,
+    AppServer,
+    BenchDatabase,
+    create_merchant,
+    env_float,
+    env_str,
+    log,
+    out_dir,
+    production_secrets,
+    service_env,
+    tree_cpu_seconds,
+)
 
-REPO = Path(__file__).resolve().parent.parent
-LUA_DIR = REPO / "scripts" / "bench"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+bench.LOG_PREFIX[0] = "measure_wal"
 SLOT = "measure_wal"
 HOT_TABLES = (
     "transactions",
@@ -81,59 +89,7 @@ HOT_TABLES = (
 MERCHANT = "merchant_wal"
 
 
-def log(message: str) -> None:
-    """A progress line on stderr (stdout carries the table)."""
-    print(f"[measure_wal] {message}", file=sys.stderr, flush=True)
-
-
-def env_str(name: str, default: str) -> str:
-    """A setting from the environment."""
-    return os.environ.get(name, "").strip() or default
-
-
-def env_num(name: str, default: float) -> float:
-    """A number from the environment."""
-    return float(env_str(name, str(default)))
-
-
-def out_dir() -> Path:
-    """Where results and logs go (git-ignored)."""
-    path = Path(env_str("BENCH_OUT", str(REPO / ".bench")))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 # ------------------------------------------------------------------------ processes
-
-
-def _proc_stat(pid: int) -> tuple[int, float] | None:
-    """(ppid, CPU seconds incl. reaped children) of a live process."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return int(fields[1]), sum(int(f) for f in fields[11:15]) / CLK_TCK
-
-
-def tree_cpu_seconds(root: int | None) -> float:
-    """CPU seconds used so far by ``root`` and its live descendants."""
-    if root is None:
-        return 0.0
-    children: dict[int, list[int]] = defaultdict(list)
-    stats: dict[int, float] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            stat = _proc_stat(int(entry.name))
-            if stat is not None:
-                children[stat[0]].append(int(entry.name))
-                stats[int(entry.name)] = stat[1]
-    total, todo = 0.0, [root]
-    while todo:
-        pid = todo.pop()
-        total += stats.get(pid, 0.0)
-        todo.extend(children.get(pid, []))
-    return total
 
 
 def machine_busy() -> tuple[int, int]:
@@ -151,13 +107,6 @@ def postmaster_pid(port: int) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return pid if Path(f"/proc/{pid}").exists() else None
-
-
-def free_port() -> int:
-    """An unused TCP port on the loopback."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ------------------------------------------------------------------------- database
@@ -207,19 +156,7 @@ class Database:
     def recreate(self, env: dict[str, str], revision: str) -> None:
         """Drop, create (owned by ``payments``), migrate, add the inspection extensions."""
         self.close()
-        conn = self.connect(dbname="postgres")
-        try:
-            with conn.cursor() as cur:
-                cur.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                        sql.Identifier(self.name)
-                    )
-                )
-                cur.execute(
-                    sql.SQL("CREATE DATABASE {} OWNER payments").format(sql.Identifier(self.name))
-                )
-        finally:
-            conn.close()
+        BenchDatabase(self.name, self.port).recreate()
         subprocess.run(
             [sys.executable, "-m", "alembic", "-c", str(REPO / "alembic.ini"), "upgrade", revision],
             cwd=out_dir(),
@@ -396,100 +333,14 @@ class Database:
 # -------------------------------------------------------------------------- service
 
 
-def service_env(database_url: str) -> dict[str, str]:
+def wal_service_env(database_url: str) -> dict[str, str]:
     """Production-like settings with fresh secrets, MockServer as the bank, Kafka on."""
-
-    def key() -> str:
-        return base64.b64encode(secrets.token_bytes(32)).decode()
-
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"BANK_API_URL", "KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "SECRETS_DIR"}
-    }
-    return env | {
-        "APP_ENV": "production",
-        "CARD_ENCRYPTION_KEYS": f"wal-1:{key()}",
-        "CARD_ENCRYPTION_CURRENT_KEY_ID": "wal-1",
-        "CARD_FINGERPRINT_KEY": key(),
-        "API_KEY_PEPPER": secrets.token_urlsafe(32),
-        "DATABASE_URL": database_url,
-        "LOG_LEVEL": "WARNING",
-        "DD_TRACE_ENABLED": "false",
-        "METRICS_ENABLED": "false",
-        "PYTHONUNBUFFERED": "1",
-        "BANK_API_URL": f"http://127.0.0.1:{env_str('MOCKSERVER_PORT', '1080')}",
-        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{env_str('KAFKA_PORT', '9092')}",
-    }
-
-
-class Service:
-    """uvicorn with N workers in its own session."""
-
-    def __init__(self, env: dict[str, str], workers: int) -> None:
-        self.env = env
-        self.workers = workers
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        """Start, and wait until /health/ready answers 200 three times in a row."""
-        with (out_dir() / "measure-wal-app.log").open("ab") as log_file:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "app.main:create_app",
-                    "--factory",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--workers",
-                    str(self.workers),
-                    "--no-access-log",
-                    "--app-dir",
-                    str(REPO),
-                ],
-                cwd=out_dir(),
-                env=self.env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        ready = 0
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and ready < 3:
-            if self.process.poll() is not None:
-                raise RuntimeError("uvicorn exited; see .bench/measure-wal-app.log")
-            try:
-                ready = ready + 1 if httpx.get(f"{self.url}/health/ready").status_code == 200 else 0
-            except httpx.HTTPError:
-                ready = 0
-            time.sleep(0.3)
-        if ready < 3:
-            self.stop()
-            raise RuntimeError("service not ready after 90 s")
-        log(f"service up on {self.url} (pid {self.process.pid})")
-
-    def cpu_seconds(self) -> float:
-        """CPU seconds of the supervisor and its workers so far."""
-        return tree_cpu_seconds(self.process.pid if self.process else None)
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL the session if it hangs."""
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+    return service_env(
+        database_url=database_url,
+        bank_url=f"http://127.0.0.1:{env_str('MOCKSERVER_PORT', '1080')}",
+        kafka=f"127.0.0.1:{env_str('KAFKA_PORT', '9092')}",
+        secrets_env=production_secrets(),
+    )
 
 
 def run_wrk(url: str, *, api_key: str, run_id: str, duration_s: float, rate: float) -> None:
@@ -525,7 +376,7 @@ def run_wrk(url: str, *, api_key: str, run_id: str, duration_s: float, rate: flo
 # -------------------------------------------------------------------------- rounds
 
 
-def wait_quiet(db: Database, service: Service, *, settle_s: float = 2.0) -> None:
+def wait_quiet(db: Database, service: AppServer, *, settle_s: float = 2.0) -> None:
     """Let requests still in flight finish (no new payment row for ``settle_s``)."""
     last = -1
     while True:
@@ -622,10 +473,10 @@ def round_figures(
 
 
 def measure_round(
-    db: Database, service: Service, *, api_key: str, run_id: str, pg_pid: int | None
+    db: Database, service: AppServer, *, api_key: str, run_id: str, pg_pid: int | None
 ) -> dict[str, Any]:
     """Send payments for one round and measure it."""
-    duration = env_num("WAL_DURATION", 20)
+    duration = env_float("WAL_DURATION", 20)
     if env_str("WAL_CHECKPOINT", "0") == "1":
         # The round starts right after a checkpoint: with full_page_writes on, the first
         # change of every page writes a full image of it (the post-checkpoint WAL spike).
@@ -638,11 +489,11 @@ def measure_round(
         time.monotonic(),
     )
     run_wrk(
-        service.url,
+        service.base_url,
         api_key=api_key,
         run_id=run_id,
         duration_s=duration,
-        rate=env_num("WAL_RATE", 150),
+        rate=env_float("WAL_RATE", 150),
     )
     load_s = time.monotonic() - t0
     wait_quiet(db, service)
@@ -733,20 +584,12 @@ def main() -> int:
     db = Database(env_str("WAL_DB", "payments_wal"), port)
     revision = env_str("WAL_REVISION", "head")
     label = env_str("WAL_LABEL", "run")
-    env = service_env(db.url)
+    env = wal_service_env(db.url)
     log(f"database {db.name} on :{port}: recreate, alembic upgrade {revision}")
     db.recreate(env, revision)
     api_key = "sk_wal_" + secrets.token_hex(20)
-    admin = Path(sys.executable).with_name("payments-admin")
-    command = [str(admin)] if admin.exists() else [sys.executable, "-m", "app.cli"]
-    subprocess.run(
-        [*command, "create-merchant", MERCHANT, "--api-key", api_key, "--currencies", "USD"],
-        cwd=out_dir(),
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    prefill = int(env_num("WAL_PREFILL", 0))
+    create_merchant(env, MERCHANT, api_key)
+    prefill = int(env_float("WAL_PREFILL", 0))
     if prefill:
         db.prefill(prefill)
     experiment = env_str("WAL_SETUP_SQL", "")
@@ -757,7 +600,11 @@ def main() -> int:
     if pg_pid is None:
         log("postmaster not found under STACK_SCRIPT's .stack: PostgreSQL CPU not measured")
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    service = Service(env, int(env_num("WAL_WORKERS", 2)))
+    service = AppServer(
+        env=env,
+        workers=int(env_float("WAL_WORKERS", 2)),
+        log_path=out_dir() / "measure-wal-app.log",
+    )
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     rounds = []
     with contextlib.suppress(psycopg2.Error):
@@ -765,17 +612,17 @@ def main() -> int:
     db.query("SELECT pg_create_physical_replication_slot(%s, true)", (SLOT,))
     try:
         service.start()
-        warmup = env_num("WAL_WARMUP", 5)
+        warmup = env_float("WAL_WARMUP", 5)
         if warmup > 0:
             run_wrk(
-                service.url,
+                service.base_url,
                 api_key=api_key,
                 run_id=f"{run_id}-warmup",
                 duration_s=warmup,
-                rate=env_num("WAL_RATE", 150),
+                rate=env_float("WAL_RATE", 150),
             )
             wait_quiet(db, service)
-        for number in range(1, int(env_num("WAL_ROUNDS", 3)) + 1):
+        for number in range(1, int(env_float("WAL_ROUNDS", 3)) + 1):
             figures = measure_round(
                 db, service, api_key=api_key, run_id=f"{run_id}-{number}", pg_pid=pg_pid
             )
@@ -800,7 +647,7 @@ def main() -> int:
         "started_at": started_at,
         "database": db.name,
         "port": port,
-        "rate": env_num("WAL_RATE", 150),
+        "rate": env_float("WAL_RATE", 150),
         "settings": db.settings(),
         "indexes": db.indexes(),
         "median": {
